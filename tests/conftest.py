@@ -151,3 +151,27 @@ def run_cli(
 
 def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def object_gets(proxy, bucket: str, key_regex: str = r".+") -> list:
+    """GETs of object data through ``proxy`` (listing requests excluded), path-style S3."""
+    import re
+
+    out = []
+    for r in proxy.requests:
+        if r.method != "GET" or "list-type" in r.query or "prefix=" in r.query or "delimiter" in r.query:
+            continue
+        m = re.match(rf"^/{re.escape(bucket)}/(.+)$", r.path)
+        if m and re.search(key_regex, m.group(1)):
+            out.append(r)
+    return out
+
+
+def requested_bytes(records, size: int) -> int:
+    """Bytes the client asked for across ``records`` (a GET without Range asks for all)."""
+    total = 0
+    for r in records:
+        start = r.range_start or 0
+        end = r.range_end + 1 if r.range_end is not None else size
+        total += max(0, min(end, size) - start)
+    return total

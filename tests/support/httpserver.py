@@ -41,6 +41,16 @@ class Served:
     def range(self) -> str | None:
         return self.headers.get("range")
 
+    @property
+    def range_start(self) -> int | None:
+        m = _RANGE.match(self.range or "")
+        return int(m.group(1)) if m and m.group(1) else None
+
+    @property
+    def range_end(self) -> int | None:
+        m = _RANGE.match(self.range or "")
+        return int(m.group(2)) if m and m.group(1) and m.group(2) else None
+
 
 @dataclass
 class _State:

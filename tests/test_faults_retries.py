@@ -1,0 +1,204 @@
+"""Each fault the proxy can inject ends in a verified download or a clear error, never a partial DEST.
+
+Transient faults (5xx, 429, reset, truncation, stall) are retried with backoff and resume from the
+byte received (``Range: bytes=<received>-``); permanent ones are covered in test_download_errors.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import FAST_RETRY_ENV, object_gets, s3_env_for
+from support.faultproxy import Fault, s3_error
+from support.models import MiB, assert_tree_equal, blob, upload_tree
+
+from storage import download, verify
+from storage.errors import IntegrityError, TransientExhaustedError
+
+BIG = blob(4 * MiB + 999, "faulty")
+FILES = {"config.json": b"{}", "big.bin": BIG, "sub/small.bin": blob(5000, "small")}
+SINGLE_PART = 64 * MiB  # one GET per file, so a retry's Range shows the resume offset
+
+
+@pytest.fixture
+def model(s3_client, bucket):
+    upload_tree(s3_client, bucket, "m", FILES)
+    return f"s3://{bucket}/m"
+
+
+def _resumed_gets(proxy, bucket):
+    gets = object_gets(proxy, bucket, r"big\.bin$")
+    assert len(gets) >= 2, [(g.fault, g.range) for g in gets]
+    return gets
+
+
+@pytest.mark.parametrize("code", [500, 502, 503, 429])
+def test_transient_status_is_retried_to_a_verified_download(code, model, bucket, s3_proxy, tmp_path):
+    body = s3_error("SlowDown" if code in (429, 503) else "InternalError")
+    s3_proxy.add(
+        Fault.status(
+            code, body=body, headers={"Retry-After": "0"}, method="GET", path=r"/m/big\.bin$", count=2
+        )
+    )
+    dest = tmp_path / "dest"
+    download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
+    assert_tree_equal(dest, FILES)
+    assert verify(dest) == []
+    assert len(object_gets(s3_proxy, bucket, r"big\.bin$")) == 3
+
+
+def test_listing_5xx_is_retried(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.status(503, body=s3_error("SlowDown"), method="GET", path=rf"^/{bucket}/?$", count=1))
+    dest = tmp_path / "dest"
+    download(model, dest, env=s3_env_for(s3_proxy.url))
+    assert_tree_equal(dest, FILES)
+
+
+def test_reset_mid_body_resumes_from_received_bytes(model, bucket, s3_proxy, tmp_path):
+    cut = 2 * MiB + 12345
+    s3_proxy.add(Fault.reset(after=cut, method="GET", path=r"/m/big\.bin$"))
+    dest = tmp_path / "dest"
+    download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
+    assert (dest / "big.bin").read_bytes() == BIG
+    assert verify(dest) == []
+    first, retry = _resumed_gets(s3_proxy, bucket)[:2]
+    assert first.fault == "reset" and first.bytes_sent == cut
+    assert retry.range_start is not None and 0 < retry.range_start <= cut, retry.range
+
+
+def test_truncated_body_resumes_from_received_bytes(model, bucket, s3_proxy, tmp_path):
+    cut = 3 * MiB + 1
+    s3_proxy.add(Fault.truncate(after=cut, method="GET", path=r"/m/big\.bin$"))
+    dest = tmp_path / "dest"
+    download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
+    assert (dest / "big.bin").read_bytes() == BIG
+    assert verify(dest) == []
+    first, retry = _resumed_gets(s3_proxy, bucket)[:2]
+    assert first.fault == "truncate"
+    assert retry.range_start is not None and 0 < retry.range_start <= cut, retry.range
+
+
+def test_stalled_body_times_out_and_resumes(model, bucket, s3_proxy, tmp_path):
+    cut = MiB + 7
+    s3_proxy.add(Fault.stall(after=cut, seconds=60, method="GET", path=r"/m/big\.bin$"))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url, MODELDEPOT_STALL_TIMEOUT="0.5"))
+    assert time.monotonic() - t0 < 15, "the stall timeout did not fire"
+    assert (dest / "big.bin").read_bytes() == BIG
+    first, retry = _resumed_gets(s3_proxy, bucket)[:2]
+    assert first.fault == "stall"
+    assert retry.range_start is not None and 0 < retry.range_start <= cut, retry.range
+
+
+def test_faults_in_several_parts_still_verify(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.reset(after=100_000, method="GET", path=r"/m/big\.bin$", count=2))
+    s3_proxy.add(Fault.truncate(after=200_000, method="GET", path=r"/m/big\.bin$", count=2))
+    s3_proxy.add(Fault.status(503, body=s3_error("SlowDown"), method="GET", path=r"/m/big\.bin$", count=2))
+    dest = tmp_path / "dest"
+    download(model, dest, part_size=MiB, concurrency=4, env=s3_env_for(s3_proxy.url, MODELDEPOT_RETRIES="8"))
+    assert_tree_equal(dest, FILES)
+    assert verify(dest) == []
+
+
+def test_persistent_503_exhausts_retries_without_publishing(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.status(503, body=s3_error("SlowDown"), method="GET", path=r"/m/big\.bin$", count=1000))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    with pytest.raises(TransientExhaustedError) as exc:
+        download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url, MODELDEPOT_RETRIES="3"))
+    assert time.monotonic() - t0 < 20
+    assert model in str(exc.value) and "\n" not in str(exc.value)
+    assert not dest.exists()
+    assert len(object_gets(s3_proxy, bucket, r"big\.bin$")) == 3, (
+        "MODELDEPOT_RETRIES=3 should mean 3 attempts"
+    )
+
+
+def test_persistent_reset_exhausts_retries_without_publishing(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.reset(after=0, method="GET", path=r"/m/big\.bin$", count=1000))
+    dest = tmp_path / "dest"
+    with pytest.raises(TransientExhaustedError):
+        download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url, MODELDEPOT_RETRIES="3"))
+    assert not dest.exists()
+
+
+def test_corrupted_bytes_never_publish(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.corrupt(at=MiB + 5, method="GET", path=r"/m/big\.bin$", count=1000))
+    dest = tmp_path / "dest"
+    with pytest.raises((IntegrityError, TransientExhaustedError)) as exc:
+        download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url, MODELDEPOT_RETRIES="2"))
+    assert "\n" not in str(exc.value)
+    assert not dest.exists()
+
+
+def test_corruption_once_is_refetched_to_a_verified_download(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.corrupt(at=10, method="GET", path=r"/m/big\.bin$", count=1))
+    dest = tmp_path / "dest"
+    try:
+        download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
+    except IntegrityError:
+        assert not dest.exists()  # failing clearly is acceptable too; publishing bad bytes is not
+        return
+    assert (dest / "big.bin").read_bytes() == BIG
+    assert verify(dest) == []
+
+
+# -- the same faults in front of an HTTP source --------------------------------------------
+
+
+@pytest.fixture
+def http_model(tmp_path, http_server_factory):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "model.bin").write_bytes(BIG)
+    return http_server_factory(root)
+
+
+def test_http_503_then_success(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    proxy.add(Fault.status(503, method="GET", path=r"model\.bin$", count=2))
+    dest = tmp_path / "dest"
+    download(f"{proxy.url}/model.bin", dest, part_size=SINGLE_PART, env=dict(FAST_RETRY_ENV))
+    assert (dest / "model.bin").read_bytes() == BIG
+    assert len(proxy.requests_for(r"model\.bin$")) == 3
+
+
+def test_http_reset_resumes_with_range(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    cut = 2 * MiB
+    proxy.add(Fault.reset(after=cut, method="GET", path=r"model\.bin$"))
+    dest = tmp_path / "dest"
+    download(f"{proxy.url}/model.bin", dest, part_size=SINGLE_PART, env=dict(FAST_RETRY_ENV))
+    assert (dest / "model.bin").read_bytes() == BIG
+    first, retry = proxy.requests_for(r"model\.bin$")[:2]
+    assert first.fault == "reset"
+    assert retry.range_start is not None and 0 < retry.range_start <= cut, retry.range
+
+
+def test_http_stall_times_out_and_resumes(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    proxy.add(Fault.stall(after=MiB, seconds=60, method="GET", path=r"model\.bin$"))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    download(
+        f"{proxy.url}/model.bin",
+        dest,
+        part_size=SINGLE_PART,
+        env={**FAST_RETRY_ENV, "MODELDEPOT_STALL_TIMEOUT": "0.5"},
+    )
+    assert time.monotonic() - t0 < 15
+    assert (dest / "model.bin").read_bytes() == BIG
+    retry = proxy.requests_for(r"model\.bin$")[1]
+    assert retry.range_start is not None and 0 < retry.range_start <= MiB, retry.range
+
+
+def test_http_truncation_resumes_with_range(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    proxy.add(Fault.truncate(after=3 * MiB, method="GET", path=r"model\.bin$"))
+    dest = tmp_path / "dest"
+    download(f"{proxy.url}/model.bin", dest, part_size=SINGLE_PART, env=dict(FAST_RETRY_ENV))
+    assert (dest / "model.bin").read_bytes() == BIG
+    retry = proxy.requests_for(r"model\.bin$")[1]
+    assert retry.range_start is not None and 0 < retry.range_start <= 3 * MiB, retry.range
