@@ -1,0 +1,75 @@
+"""``storage-initializer SRC DEST [SRC DEST ...]``: KServe's init-container contract.
+
+Exit codes: 0 every pair downloaded and verified; 1 a download failed (one line per failed pair
+on stderr, naming the URI, never a credential); 2 bad arguments (usage on stderr).
+Independent pairs run concurrently. Progress goes to stderr: a live bar on a TTY, otherwise a
+line every MODELDEPOT_PROGRESS_INTERVAL seconds, so an init container's log shows progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from storage import StorageError, download
+from storage.config import Settings
+from storage.progress import Progress
+from storage.sources import redact_uri
+
+USAGE = "usage: storage-initializer SRC_URI DEST_PATH [SRC_URI DEST_PATH ...]"
+PROG = "storage-initializer"
+
+
+def setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("modeldepot: %(message)s"))
+    root = logging.getLogger("modeldepot")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def run_pair(src: str, dest: str, *, interval: float, **kwargs) -> str | None:
+    """Download one pair; the one-line error, or None on success."""
+    progress = Progress(redact_uri(src), interval=interval)
+    try:
+        manifest = download(src, dest, progress=progress, **kwargs)
+    except StorageError as exc:
+        return str(exc)
+    except OSError as exc:  # a local filesystem problem: disk full, read-only, permissions
+        return f"{redact_uri(src)} -> {dest}: {exc.strerror or exc} ({exc.filename or dest})"
+    logging.getLogger("modeldepot").info(
+        "%s -> %s: %d files, %d bytes, verified", redact_uri(src), dest, len(manifest.files), manifest.total_bytes)
+    return None
+
+
+def run_pairs(pairs: list[tuple[str, str]], prog: str = PROG, **kwargs) -> int:
+    try:
+        interval = Settings.from_env().progress_interval
+    except StorageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    with ThreadPoolExecutor(max_workers=max(1, len(pairs))) as pool:
+        errors = list(pool.map(lambda p: run_pair(p[0], p[1], interval=interval, **kwargs), pairs))
+    failed = [e for e in errors if e]
+    for message in failed:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    if not args or len(args) % 2:
+        print(USAGE, file=sys.stderr)
+        return 2
+    setup_logging()
+    pairs = list(zip(args[0::2], args[1::2], strict=True))
+    return run_pairs(pairs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

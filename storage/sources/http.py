@@ -1,0 +1,157 @@
+"""``http(s)://`` single files (presigned URLs included), through urllib3.
+
+The size and range support come from a one-byte ranged GET rather than a HEAD, because presigned
+URLs are signed for GET only. Query strings are sent as given; Content-Type is never judged.
+Headers come from KServe's ``<hostname>-headers`` variable (a JSON object) and are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import threading
+from collections.abc import Iterator
+from urllib.parse import unquote, urlsplit
+
+import urllib3
+
+from storage.errors import AccessDeniedError, BadURIError, NotFoundError, StorageError, TransientError
+from storage.hashing import normalize_md5
+from storage.sources.base import CHUNK, Listing, RemoteFile, Source, safe_relpath
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+|\*)")
+
+
+def status_error(status: int, what: str) -> StorageError:
+    """Our error type for an HTTP status that is not a success."""
+    if status in (401, 403):
+        return AccessDeniedError(f"{what}: access denied (HTTP {status}); check the credentials or headers for this host")
+    if status in (404, 410):
+        return NotFoundError(f"{what}: not found (HTTP {status}); check the URI")
+    if status in (408, 429) or status >= 500:
+        return TransientError(f"{what}: server answered HTTP {status}")
+    return StorageError(f"{what}: server refused the request (HTTP {status})")
+
+
+class HTTPSource(Source):
+    def __init__(self, uri, env=None):
+        super().__init__(uri, env)
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadURIError(f"{self.describe()}: expected http(s)://HOST/PATH")
+        self.headers = self._headers(parts.hostname)
+        self.supports_ranges = True
+        self._local = threading.local()
+        s = self.settings
+        self.pool = urllib3.PoolManager(
+            maxsize=max(4, s.concurrency),
+            block=False,
+            timeout=urllib3.Timeout(connect=s.connect_timeout, read=s.stall_timeout),
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10,
+                                  raise_on_redirect=True, raise_on_status=False),
+        )
+
+    def _headers(self, hostname: str) -> dict[str, str]:
+        raw = self.env.get(f"{hostname}-headers")
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            raise BadURIError(f"{hostname}-headers is not a JSON object of header names to values") from None
+        if not isinstance(value, dict):
+            raise BadURIError(f"{hostname}-headers is not a JSON object of header names to values")
+        return {str(k): str(v) for k, v in value.items()}
+
+    def _get(self, headers: dict[str, str]):
+        try:
+            return self.pool.request("GET", self.uri, headers={**self.headers, **headers},
+                                     preload_content=False, decode_content=False)
+        except urllib3.exceptions.MaxRetryError as exc:
+            if isinstance(exc.reason, urllib3.exceptions.ResponseError):
+                raise StorageError(f"{self.describe()}: too many redirects") from None
+            raise TransientError(f"{self.describe()}: {type(exc.reason).__name__} while connecting") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"{self.describe()}: {type(exc).__name__} while connecting") from None
+
+    def list(self) -> Listing:
+        resp = self._get({"Range": "bytes=0-0"})
+        try:
+            size: int | None
+            if resp.status == 206:
+                m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                size = int(m.group(1)) if m and m.group(1) != "*" else None
+            elif resp.status == 200:
+                self.supports_ranges = False
+                length = resp.headers.get("Content-Length")
+                size = int(length) if length and length.isdigit() else None
+            elif resp.status == 416 and resp.headers.get("Content-Range", "").endswith("/0"):
+                size = 0
+            else:
+                raise status_error(resp.status, self.describe())
+            headers = resp.headers
+        finally:
+            # Never drain a 200 body here: it may be the whole multi-GB file.
+            resp.close()
+        name = self._name(headers)
+        checksums = {}
+        md5 = headers.get("Content-MD5") or self._goog_md5(headers.get("x-goog-hash", ""))
+        if md5 and normalize_md5(md5):
+            checksums["md5"] = normalize_md5(md5)
+        etag = headers.get("ETag") or headers.get("Last-Modified")
+        return Listing([RemoteFile(path=name, key=self.uri, size=size, etag=etag, checksums=checksums)])
+
+    @staticmethod
+    def _goog_md5(value: str) -> str | None:
+        for part in value.split(","):
+            algo, _, digest = part.strip().partition("=")
+            if algo == "md5":
+                return digest
+        return None
+
+    def _name(self, headers) -> str:
+        name = posixpath.basename(unquote(urlsplit(self.uri).path))
+        if not name:
+            m = re.search(r'filename\*?=(?:UTF-8\'\')?"?([^";]+)"?', headers.get("Content-Disposition", ""))
+            name = posixpath.basename(unquote(m.group(1))) if m else ""
+        if not name:
+            raise BadURIError(f"{self.describe()}: the URL names no file; end the path with the file name")
+        return safe_relpath(name, self.uri)
+
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        headers = {}
+        if self.supports_ranges and (start > 0 or end is not None):
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if end is not None and end <= start:
+            return
+        resp = self._get(headers)
+        finished = False
+        try:
+            if resp.status not in (200, 206):
+                raise status_error(resp.status, self.describe())
+            skip = start if resp.status == 200 else 0  # a server that ignored Range: discard up to start
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                chunk = resp.read(CHUNK, decode_content=False)
+                if not chunk:
+                    break
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                if remaining is not None:
+                    chunk = chunk[:remaining]
+                    remaining -= len(chunk)
+                yield chunk
+            finished = remaining is None or resp.status == 206
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(f"{self.describe()}: {type(exc).__name__} while reading {file.path}") from None
+        finally:
+            # A fully read ranged response can go back to the pool; anything else may still have
+            # body bytes in flight, so its connection is closed rather than reused.
+            if finished:
+                resp.release_conn()
+            else:
+                resp.close()
