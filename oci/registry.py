@@ -366,6 +366,7 @@ class RegistryClient:
         what = f"uploading {digest}"
         offset = 0
         failures = 0
+        restarts = 0
         while offset < size:
             n = min(chunk, size - offset)
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(n),
@@ -378,8 +379,18 @@ class RegistryClient:
                 if failures > self.max_retries:
                     raise
                 time.sleep(_backoff(failures - 1))
-                location, offset = self._upload_status(repo, location, what, scope)
-                log.info("%s: %s resumes at byte %d after a dropped connection", self._name(repo), digest, offset)
+                try:
+                    location, offset = self._upload_status(repo, location, what, scope)
+                except _SessionLost:
+                    # Registries that sign the offset into Location (distribution's _state) cannot
+                    # continue a session whose last answer we lost: start again, bounded.
+                    restarts += 1
+                    if restarts > self.max_retries:
+                        raise RegistryError(f"{self._name(repo)}: {what} kept losing its upload session; "
+                                            "check the network to the registry and retry") from None
+                    location = self._start_upload(repo, "", scope, digest).headers["Location"]
+                    offset = 0
+                log.info("%s: %s continues at byte %d after a dropped connection", self._name(repo), digest, offset)
                 continue
             _drain(resp)
             if resp.status in (201, 202, 204):
@@ -413,6 +424,9 @@ class RegistryClient:
     def _upload_status(self, repo, location, what, scope) -> tuple[str, int]:
         """GET the upload session: its (possibly new) Location and the next byte to send."""
         resp = self._retrying(lambda: self.request("GET", location, scope=scope, what=what))
+        if resp.status in (400, 404, 416):
+            _drain(resp)
+            raise _SessionLost()
         _drain(resp)
         if resp.status not in (204, 200):
             raise _status_error(resp, self._name(repo), f"resuming {what}")
@@ -435,6 +449,10 @@ class RegistryClient:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+class _SessionLost(Exception):
+    """The registry no longer knows (or no longer accepts) an upload session's Location."""
 
 
 class _TooLarge(Exception):

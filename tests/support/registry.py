@@ -84,6 +84,7 @@ class ProxyBehaviour:
     relative_location: bool = False    # strip scheme://host from Location headers
     chunk_min_length: int | None = None
     drop_patch: set[int] = field(default_factory=set)  # these PATCHes (1-based) lose their second half
+    lose_patch: set[int] = field(default_factory=set)  # these PATCHes never reach the registry
 
 
 class RegistryProxy:
@@ -159,6 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
                 n = p.patches
             if b.refuse_chunks and "Content-Range" in self.headers:
                 return self._reply(seen, 400, {}, b'{"errors":[{"code":"UNSUPPORTED","message":"no chunks"}]}')
+            if n in b.lose_patch:
+                seen.status = -1
+                self._reset()
+                return
             if n in b.drop_patch and length > 1:
                 half = length // 2
                 start = int(self.headers["Content-Range"].split("-")[0]) if "Content-Range" in self.headers else 0
