@@ -97,6 +97,8 @@ def test_round_trip_build_push_oci_source_download_is_byte_for_byte(registry, mo
     revision = pull(ref, tmp_path / "dest", env=insecure_env())
     assert revision == b.digest
     assert files_of(tmp_path / "dest") == files_of(model)
+    record = json.loads((tmp_path / "dest" / ".modeldepot" / "manifest.json").read_text())
+    assert record["revision"] == b.digest and record["source"] == f"oci://{ref}"
 
 
 def test_oci_source_lists_one_unpackable_layer_per_image_layer(registry, model, tmp_path):

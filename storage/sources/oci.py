@@ -77,5 +77,11 @@ class OciSource(Source):
         if self._client is not None:
             self._client.close()
 
+    def secrets(self) -> list[str]:
+        """Values the engine scrubs from any message: the registry password, if we hold one."""
+        client = self._client
+        creds = client.credentials if client is not None else None
+        return [creds.password] if creds is not None and len(creds.password) >= 4 else []
+
     def describe(self) -> str:
         return f"oci://{self.ref}"
