@@ -75,7 +75,7 @@ def _from_registry(spec: str, layout: Layout, platform: str, opts) -> tuple[dict
     try:
         manifest, _ = client.resolve(ref.repository, ref.reference, platform)
         cfg = manifest["config"]
-        config = json.loads(b"".join(client.read_blob(ref.repository, cfg["digest"])))
+        config = json.loads(client.read_small_blob(ref.repository, cfg["digest"]))
         for layer in manifest.get("layers", []):
             if not layout.has_blob(layer["digest"], layer["size"]):
                 client.fetch_blob(ref.repository, layer["digest"], layout.blob_path(layer["digest"]), layer["size"])

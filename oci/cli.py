@@ -79,16 +79,17 @@ def push(
     username: str = _USER,
     password_stdin: bool = _PASS_STDIN,
     jobs: int = _JOBS,
+    mount_from: str = typer.Option(None, "--mount-from", help="Repository on the same registry to mount blobs from."),
 ) -> None:
     """Push an image from an OCI layout to a registry, uploading only missing blobs."""
-    _do_push(layout, ref, insecure, _credentials(username, password_stdin), jobs)
+    _do_push(layout, ref, insecure, _credentials(username, password_stdin), jobs, mount_from)
 
 
-def _do_push(layout: str, ref: str, insecure: bool, creds, jobs: int) -> None:
+def _do_push(layout: str, ref: str, insecure: bool, creds, jobs: int, mount_from: str | None = None) -> None:
     from oci.push import push as do_push
 
     t0 = time.monotonic()
-    result = do_push(layout, ref, insecure=insecure, credentials=creds, jobs=jobs)
+    result = do_push(layout, ref, insecure=insecure, credentials=creds, jobs=jobs, mount_from=mount_from)
     typer.echo(f"pushed {result.reference}@{result.digest}: {len(result.uploaded)} uploaded, "
                f"{len(result.mounted)} mounted, {len(result.skipped)} already present "
                f"in {time.monotonic() - t0:.1f}s")

@@ -99,7 +99,7 @@ def inspect(ref: str, *, insecure: bool = False, credentials: Credentials | None
     try:
         manifest, digest = client.resolve(target.repository, target.reference, platform)
         cfg = manifest["config"]
-        raw = b"".join(client.read_blob(target.repository, cfg["digest"])) if cfg.get("size", 0) < (4 << 20) else b"{}"
+        raw = client.read_small_blob(target.repository, cfg["digest"])
     finally:
         client.close()
     try:

@@ -266,6 +266,17 @@ class RegistryClient:
         if want is not None and got < want:
             raise RegistryTransientError(f"{self._name(repo)}: {what} ended after {start + got} of {end} bytes; retry")
 
+    def read_small_blob(self, repo: str, digest: str, limit: int = MAX_MANIFEST) -> bytes:
+        """A small blob (an image config) in memory, digest-verified."""
+        data = bytearray()
+        for chunk in self.read_blob(repo, digest):
+            data += chunk
+            if len(data) > limit:
+                raise RegistryError(f"{self._name(repo)}: blob {digest} is larger than {limit} bytes; refusing it")
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise DigestMismatchError(f"{self._name(repo)}: blob {digest} arrived corrupted; retry")
+        return bytes(data)
+
     def fetch_blob(self, repo: str, digest: str, dest: Path, size: int | None = None) -> None:
         """Download a blob to ``dest`` (atomically), verifying its digest and size."""
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.part")

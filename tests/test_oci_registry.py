@@ -322,3 +322,62 @@ def test_pull_of_a_missing_blob_is_not_found(registry):
     client = RegistryClient(registry.host, insecure=True, env=insecure_env())
     with pytest.raises(RegistryNotFoundError):
         list(client.read_blob("models/none", "sha256:" + "0" * 64))
+
+
+# -- the engine, the init container, base images and mounts -----------------------------------
+
+def test_storage_initializer_downloads_an_oci_uri_and_a_second_run_fetches_no_blob(registry, model, tmp_path):
+    with RegistryProxy(registry.port) as proxy:
+        ref = f"{proxy.host}/models/init:v1"
+        b = built(model, tmp_path, ref, compression="gzip")
+        push(b.layout, ref, insecure=True, env=insecure_env())
+        exe = str(Path(os.sys.executable).parent / "storage-initializer")
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KSERVE_OCI_INSECURE_REGISTRY": "true"}
+        for _ in range(2):
+            run = subprocess.run([exe, f"oci://{ref}", str(tmp_path / "dest")], capture_output=True, text=True, env=env)
+            assert run.returncode == 0, run.stderr
+        assert files_of(tmp_path / "dest") == files_of(model)
+        blob_gets = [s for s in proxy.seen("GET") if "/blobs/sha256:" in s.path]
+        assert len(blob_gets) == len(json.loads(Layout(b.layout).read_blob(b.digest))["layers"])
+
+
+def test_cross_repository_mount_copies_no_bytes(registry, model, tmp_path):
+    with RegistryProxy(registry.port) as proxy:
+        b = built(model, tmp_path, f"{proxy.host}/team-a/model:v1")
+        push(b.layout, f"{proxy.host}/team-a/model:v1", insecure=True, env=insecure_env())
+        result = push(b.layout, f"{proxy.host}/team-b/model:v1", insecure=True, env=insecure_env(),
+                      mount_from="team-a/model")
+        assert result.uploaded == [] and len(result.mounted) == len(result.mounted + result.skipped) > 0
+        assert not [s for s in proxy.seen("PATCH") + proxy.seen("PUT") if "team-b" in s.path and "blobs" in s.path]
+
+
+def test_base_image_from_a_registry(registry, model, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "marker").write_text("base")
+    base_ref = f"{registry.host}/bases/busybox:1"
+    base = build(tiny, tag=base_ref, output_layout=tmp_path / "base", busybox="/bin/busybox")
+    push(base.layout, base_ref, insecure=True, env=insecure_env())
+    b = build(model, tag=f"{registry.host}/models/on-base:v1", output_layout=tmp_path / "o", base=base_ref,
+              insecure=True, env=insecure_env())
+    base_layers = json.loads(Layout(base.layout).read_blob(base.digest))["layers"]
+    layers = json.loads(Layout(b.layout).read_blob(b.digest))["layers"]
+    assert [x["digest"] for x in layers[: len(base_layers)]] == [x["digest"] for x in base_layers]
+    assert all(Layout(b.layout).has_blob(x["digest"], x["size"]) for x in layers)
+
+
+def test_cli_pull_and_inspect(registry, model, tmp_path):
+    ref = f"{registry.host}/models/cli-pull:v1"
+    b = built(model, tmp_path, ref)
+    push(b.layout, ref, insecure=True, env=insecure_env())
+    exe = str(Path(os.sys.executable).parent / "modelcar")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    run = subprocess.run([exe, "pull", ref, str(tmp_path / "dest"), "--insecure"], capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr
+    assert files_of(tmp_path / "dest") == files_of(model)
+    run = subprocess.run([exe, "inspect", ref, "--insecure"], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and json.loads(run.stdout)["digest"] == b.digest
+    run = subprocess.run([exe, "inspect", f"{registry.host}/models/cli-pull:missing", "--insecure"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode != 0 and run.stderr.count("\n") == 1 and "not found" in run.stderr
