@@ -34,6 +34,7 @@ class DockerRegistry:
         if shutil.which("docker-registry") is None:
             raise RuntimeError("docker-registry is not installed (Debian package docker-registry)")
         self.tmp = Path(tmp)
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         auth = ""
