@@ -12,7 +12,6 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from oci import mediatypes as mt
 from oci.auth import Credentials
@@ -55,6 +54,7 @@ def push(layout: str | os.PathLike, ref: str, *, insecure: bool = False, credent
     client = client or client_for(target, insecure=insecure, credentials=credentials, env=env, pool_size=jobs + 2)
     result = PushResult(reference=str(target), digest="")
     try:
+        client.ping()  # fail fast, with one clear line, when the host is no registry
         def one(blob: dict) -> tuple[str, str]:
             if client.head_blob(target.repository, blob["digest"]) is not None:
                 return "skipped", blob["digest"]
@@ -108,6 +108,3 @@ def inspect(ref: str, *, insecure: bool = False, credentials: Credentials | None
         config = {}
     return {"reference": str(target), "digest": digest, "manifest": manifest, "config": config}
 
-
-def layout_path(text: str) -> Path:
-    return split_layout_ref(text)[0]

@@ -163,6 +163,9 @@ class RegistryClient:
         resp = self.request("GET", "/v2/", scope=(), what="ping")
         _drain(resp)
         if resp.status not in (200, 401):
+            if resp.status == 404:
+                raise RegistryError(f"{self.host}: /v2/ answered 404, so this is not an OCI registry; check the "
+                                    "host and port (and --insecure for plain HTTP)")
             raise _status_error(resp, self.host, "the /v2/ ping")
 
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str, str]:
