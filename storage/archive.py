@@ -205,7 +205,7 @@ def extract_zip(path: Path, target: Path, *, what: str) -> Extracted:
                     continue
                 elif stat.S_ISLNK(mode):
                     ex.symlink(rel, zf.read(info).decode("utf-8", "surrogateescape"))
-                elif mode and not stat.S_ISREG(mode):
+                elif stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                     raise ex.refuse(info.filename, "device, FIFO or other special file")
                 else:
                     with zf.open(info) as src:

@@ -60,28 +60,53 @@ class Staging:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> Staging:
-        try:
-            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise DestinationError(f"{self.dest}: cannot write next to DEST ({exc.strerror})") from None
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s: another modeldepot is writing this destination; waiting for it", self.dest)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._lock_fd = self._acquire_lock()
         self.tree.mkdir(parents=True, exist_ok=True)
         self.layers.mkdir(parents=True, exist_ok=True)
         self._journal_fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self
+
+    def _acquire_lock(self) -> int:
+        """flock the lock file. Its holder deletes it on exit so nothing is left beside DEST; a
+        waiter that wakes up holding a deleted file's lock retries on the current one."""
+        waited = False
+        while True:
+            try:
+                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise DestinationError(f"{self.dest}: cannot write next to DEST ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited:
+                    log.info("%s: another modeldepot is writing this destination; waiting for it", self.dest)
+                    waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
 
     def __exit__(self, *exc) -> None:
         if self._journal_fd is not None:
             os.close(self._journal_fd)
             self._journal_fd = None
         if self._lock_fd is not None:
+            try:
+                os.unlink(self.lock_path)
+            except FileNotFoundError:
+                pass
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+        if self.inside:
+            try:
+                self.root.parent.rmdir() if not any(self.root.parent.iterdir()) else None
+            except OSError:
+                pass
 
     def discard(self) -> None:
         """Remove all staging debris (after a failure whose partial data must not be resumed)."""

@@ -102,6 +102,8 @@ def redact_uri(uri: str) -> str:
         parts = urlsplit(uri)
     except ValueError:
         return "<unparseable URI>"
+    if "@" not in parts.netloc and not parts.query:
+        return uri  # nothing to hide: keep it exactly as the user wrote it
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = parts.query
     if query:

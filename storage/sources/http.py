@@ -1,7 +1,7 @@
 """``http(s)://`` single files (presigned URLs included), through urllib3.
 
-The size and range support come from a one-byte ranged GET rather than a HEAD, because presigned
-URLs are signed for GET only. Query strings are sent as given; Content-Type is never judged.
+Size, ETag and range support come from a HEAD, or from a one-byte ranged GET where HEAD is refused
+(presigned URLs are signed for GET only). Query strings are sent as given; Content-Type is never judged.
 Headers come from KServe's ``<hostname>-headers`` variable (a JSON object) and are never logged.
 """
 
@@ -64,9 +64,9 @@ class HTTPSource(Source):
             raise BadURIError(f"{hostname}-headers is not a JSON object of header names to values")
         return {str(k): str(v) for k, v in value.items()}
 
-    def _get(self, headers: dict[str, str]):
+    def _request(self, method: str, headers: dict[str, str]):
         try:
-            return self.pool.request("GET", self.uri, headers={**self.headers, **headers},
+            return self.pool.request(method, self.uri, headers={**self.headers, **headers},
                                      preload_content=False, decode_content=False)
         except urllib3.exceptions.MaxRetryError as exc:
             if isinstance(exc.reason, urllib3.exceptions.ResponseError):
@@ -76,7 +76,21 @@ class HTTPSource(Source):
             raise TransientError(f"{self.describe()}: {type(exc).__name__} while connecting") from None
 
     def list(self) -> Listing:
-        resp = self._get({"Range": "bytes=0-0"})
+        """Size, identity and range support: from a HEAD when the server answers it fully, else
+        from a one-byte ranged GET (presigned URLs are signed for GET only and refuse HEAD)."""
+        head = self._request("HEAD", {})
+        head.close()
+        length = head.headers.get("Content-Length", "")
+        if head.status == 200 and length.isdigit() and "bytes" in head.headers.get("Accept-Ranges", "").lower():
+            return self._listing(head.headers, int(length))
+        if head.status in (401, 404, 410):
+            raise status_error(head.status, self.describe())
+        # 403 may mean "signed for GET only" (presigned URLs), 405/501 "no HEAD here", and a
+        # 200 without Accept-Ranges leaves range support unknown: a ranged GET settles all three.
+        return self._probe()
+
+    def _probe(self) -> Listing:
+        resp = self._request("GET", {"Range": "bytes=0-0"})
         try:
             size: int | None
             if resp.status == 206:
@@ -90,10 +104,12 @@ class HTTPSource(Source):
                 size = 0
             else:
                 raise status_error(resp.status, self.describe())
-            headers = resp.headers
         finally:
             # Never drain a 200 body here: it may be the whole multi-GB file.
             resp.close()
+        return self._listing(resp.headers, size)
+
+    def _listing(self, headers, size: int | None) -> Listing:
         name = self._name(headers)
         checksums = {}
         md5 = headers.get("Content-MD5") or self._goog_md5(headers.get("x-goog-hash", ""))
@@ -125,7 +141,7 @@ class HTTPSource(Source):
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if end is not None and end <= start:
             return
-        resp = self._get(headers)
+        resp = self._request("GET", headers)
         finished = False
         try:
             if resp.status not in (200, 206):
