@@ -9,6 +9,7 @@ line every MODELDEPOT_PROGRESS_INTERVAL seconds, so an init container's log show
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,7 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging()
     pairs = list(zip(args[0::2], args[1::2], strict=True))
-    return run_pairs(pairs)
+    return guarded(lambda: run_pairs(pairs))
+
+
+def guarded(fn) -> int:
+    """Run ``fn``; on Ctrl-C exit at once (130) instead of waiting for reads in flight. Staging is
+    left as it is, so the next run resumes."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":
