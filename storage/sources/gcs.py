@@ -163,11 +163,16 @@ class GCSSource(Source):
         try:
             return self.fs._get_headers(extra)  # applies (and refreshes) the OAuth token
         except Exception as exc:  # noqa: BLE001 - google.auth RefreshError and transport errors
-            name = type(exc).__name__
-            if "Refresh" in name or "Auth" in name or "Credentials" in name:
-                raise AccessDeniedError(f"{self.describe()}: Google rejected the credentials ({name}); "
-                                        "check GOOGLE_APPLICATION_CREDENTIALS") from None
-            raise TransientError(f"{self.describe()}: {name} while fetching a Google access token") from None
+            # gcsfs re-raises a refused refresh as HttpError(401) (or NonRetryableError) with the
+            # google.auth RefreshError as its cause; RefreshError.retryable tells a token server
+            # hiccup from a refused key.
+            cause = exc.__cause__ or exc
+            refused = type(exc).__name__ == "NonRetryableError" or (
+                type(cause).__name__ == "RefreshError" and not getattr(cause, "retryable", False))
+            if refused:
+                raise AccessDeniedError(f"{self.describe()}: Google refused the credentials (token refresh failed); "
+                                        "check GOOGLE_APPLICATION_CREDENTIALS and that the key is not revoked") from None
+            raise TransientError(f"{self.describe()}: {type(cause).__name__} while fetching a Google access token") from None
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def _open(self, url: str, params: dict, headers: dict):
