@@ -3,7 +3,8 @@
 A LocalModelCache names them with ``spec.credentials`` (``secretName`` and/or
 ``serviceAccountName``, in ``namespace``, default: the agent's own namespace) or KServe's
 ``spec.serviceAccountName``. Every key whose name is a valid environment variable (AWS_*,
-GOOGLE_*, AZURE_*, HF_TOKEN, ...) becomes one for the engine; KServe's S3 annotations on the
+GOOGLE_*, AZURE_*, HF_TOKEN, ...) becomes one for the engine, and so does KServe's
+``<hostname>-headers`` (a JSON object of HTTP headers); KServe's S3 annotations on the
 Secret (``serving.kserve.io/s3-endpoint``, ``s3-usehttps``, ``s3-region``) are honoured. They are
 read at download time, so a rotated Secret is used on the next attempt, and never logged: errors
 name the Secret, not its contents.
@@ -67,7 +68,7 @@ def secret_env(data: dict[str, str], annotations: dict[str, str]) -> dict[str, s
     """Env variables from a Secret's base64 ``data`` and KServe's S3 annotations."""
     env = {}
     for key, value in data.items():
-        if _ENV_NAME.match(key):
+        if _ENV_NAME.match(key) or key.endswith("-headers"):
             env[key] = base64.b64decode(value).decode("utf-8", "replace")
     endpoint = annotations.get(_KSERVE + "s3-endpoint")
     if endpoint:
