@@ -117,6 +117,9 @@ def test_proxy_forwards_and_records(served, fault_proxy):
     r = _pool(proxy).request("GET", "/dir/file%20one.bin", headers={"Range": "bytes=5-"})
     assert r.status == 206 and r.data == DATA[5:]
     (rec,) = proxy.requests
+    deadline = time.monotonic() + 5  # the handler marks completion just after the last write
+    while rec.finished is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert (rec.method, rec.path, rec.range, rec.range_start) == ("GET", "/dir/file one.bin", "bytes=5-", 5)
     assert rec.complete and rec.bytes_sent == len(DATA) - 5
 
