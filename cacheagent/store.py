@@ -242,25 +242,31 @@ class Store:
             return []
         with FileLock(self.layout.store_lock):
             remove_unreferenced(self.layout)
-            used = self.usage().used
+            blobs = {b.digest: b for b in inventory(self.layout)}
+            used = sum(b.size for b in blobs.values())
             if used + needed <= self.capacity:
                 return []
             with ExitStack() as held:
-                evictable, fixed = [], {}
+                evictable, fixed, links = [], set(), {}
                 for key in sorted(p.name for p in self.layout.models.iterdir() if KEY.match(p.name)):
+                    manifest = read_manifest(self.layout.model(key))
+                    if manifest is None:
+                        continue
+                    for f in manifest.files:
+                        links[f.xxh3_128] = links.get(f.xxh3_128, 0) + 1
                     entry = self.states.get(key)
-                    lock = None
                     if key not in protect and not (entry and entry.pinned_by):
                         try:
-                            lock = held.enter_context(FileLock(self.layout.key_lock(key), blocking=False))
+                            held.enter_context(FileLock(self.layout.key_lock(key), blocking=False))
+                            evictable.append((entry.last_used if entry and entry.last_used else 0.0, key))
+                            continue
                         except Busy:
-                            pass
-                    manifest = read_manifest(self.layout.model(key))
-                    if lock is not None and manifest is not None:
-                        evictable.append((entry.last_used if entry and entry.last_used else 0.0, key))
-                    elif manifest is not None:
-                        fixed.update({f.xxh3_128: f.size for f in manifest.files})
-                kept = sum(fixed.values())
+                            pass  # being read or written right now: not evictable
+                    fixed.update(f.xxh3_128 for f in manifest.files)
+                # Links from outside models/ (a DEST materialized on this filesystem, a commit in
+                # progress) keep a blob alive whatever is evicted: count it as kept.
+                fixed.update(d for d, b in blobs.items() if b.links > 1 + links.get(d, 0))
+                kept = sum(blobs[d].size for d in fixed if d in blobs)
                 if kept + needed > self.capacity:
                     raise CapacityError(self._capacity_message(needed, kept))
                 evicted = []
@@ -284,7 +290,7 @@ class Store:
         pins = sorted({o for k in self.layout.keys_present() if (e := self.states.get(k)) for o in e.pinned_by})
         extra = f" and {human_bytes(needed)} more is needed" if needed else ""
         return (f"{self.root}: capacity {human_bytes(self.capacity)} is exceeded: pinned or in-use models "
-                f"hold {human_bytes(kept)}{extra}; raise the storageLimit or unpin a model "
+                f"(or copies linked outside the store) hold {human_bytes(kept)}{extra}; raise the storageLimit or unpin a model "
                 f"(pinned by: {', '.join(pins) or 'nobody'})")
 
     def _delete(self, key: str) -> int:

@@ -333,3 +333,14 @@ def test_a_partial_download_is_listed_as_such(tmp_path):
     store.states.update(key, uri=src)
     (record,) = store.list()
     assert record.key == key and record.state == "partial" and record.bytes is None
+
+
+def test_a_model_materialized_on_the_same_filesystem_counts_as_held(tmp_path):
+    size = 100_000
+    a, b = (model(tmp_path, n, {"w.bin": blob(size, n)}) for n in "ab")
+    store = Store(tmp_path / "store", capacity=int(1.5 * size))
+    store.ensure(a)
+    store.materialize(a, tmp_path / "dest")  # DEST's hard links keep a's bytes on disk
+    with pytest.raises(CapacityError, match="linked outside the store"):
+        store.ensure(b)
+    assert keys(store) == [key_for(a)], "evicting a would free nothing, so it is kept"
