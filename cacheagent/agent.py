@@ -60,6 +60,7 @@ class Agent:
             store, credentials=credentials or (lambda spec: {}), on_change=self.wake.set,
             on_failure=reporter.failure, metrics=self.metrics, max_downloads=max_downloads, retry_base=retry_base)
         self.verification: dict | None = None
+        self._relists_seen = 0
         self.heartbeat = time.monotonic()
         self.reconciled = threading.Event()
         self.http = HealthServer(listen, self.metrics.registry, self.healthy, self.ready) if listen else None
@@ -117,6 +118,10 @@ class Agent:
                 log.info("over capacity: evicted unpinned models %s", ", ".join(evicted))
         except CapacityError as exc:
             log.warning("%s", exc)
+        relists = getattr(self.source, "relists", lambda: 0)()
+        if relists > self._relists_seen:
+            self.metrics.watch_relists.inc(relists - self._relists_seen)
+            self._relists_seen = relists
         self.metrics.observe_states(self.reconciler.states.values())
         self.metrics.observe_usage(self.store.usage())
 
@@ -140,12 +145,21 @@ class Agent:
                 self._report_wake.set()
 
     def _verify_loop(self) -> None:
-        while not self.stop.wait(self.verify_interval):
-            started = time.monotonic()
-            problems = self.store.verify()
-            self.verification = {"time": now_iso(), "problems": len(problems),
-                                 "seconds": round(time.monotonic() - started, 3)}
-            if problems:
-                self.metrics.verification_failures.inc(len({p.split()[0] for p in problems if p.split()}))
-                log.warning("verification found %d problem(s), first: %s", len(problems), problems[0])
-            self._report_wake.set()
+        # A quick check (presence and sizes) at start, a full re-hash every interval after.
+        full = False
+        while not self.stop.is_set():
+            self.verify_once(full=full)
+            full = True
+            if self.stop.wait(self.verify_interval):
+                return
+
+    def verify_once(self, *, full: bool) -> list[str]:
+        started = time.monotonic()
+        problems = self.store.verify(full=full)
+        self.verification = {"time": now_iso(), "full": full, "problems": len(problems),
+                             "seconds": round(time.monotonic() - started, 3)}
+        if problems:
+            self.metrics.verification_failures.inc(len({p.split()[0] for p in problems if p.split()}))
+            log.warning("verification found %d problem(s), first: %s", len(problems), problems[0])
+        self._report_wake.set()
+        return problems

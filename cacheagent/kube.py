@@ -132,7 +132,8 @@ class Mirror:
             for line in iter_resp_lines(resp):
                 if self.stop.is_set():
                     return
-                self._apply(json.loads(line))
+                if line.strip():
+                    self._apply(json.loads(line))
         finally:
             resp.release_conn()
 

@@ -75,6 +75,7 @@ def test_two_agents_hold_what_their_groups_select_and_count_copies(tmp_path, kub
     assert node_a["modelStatus"] == {only_a: "ModelDownloaded", both: "ModelDownloaded"}
     assert node_a["capacity"] == 1024**3 and node_a["used"] > 400_000
     assert node_a["available"] == node_a["capacity"] - node_a["used"]
+    assert node_a["lastVerification"]["problems"] == 0
     assert {m["key"]: m["pinnedBy"] for m in node_a["models"]} == {key_for(uris[only_a]): [only_a],
                                                                     key_for(uris[both]): [both]}
     assert agent_a.metric("modeldepot_agent_models", '{state="NodeDownloaded"}') == 2

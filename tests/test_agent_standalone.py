@@ -88,3 +88,24 @@ def test_sigterm_stops_promptly_mid_download_and_publishes_nothing(tmp_path, htt
         assert not (tmp_path / "store" / "models" / key_for(uri)).exists()
     finally:
         agent.stop(signal.SIGKILL)
+
+
+def test_periodic_verification_reports_a_corrupted_model(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    src = write_tree(tmp_path / "m", {"w.bin": blob(50_000, seed="v")})
+    spec_file(specs, "m", f"file://{src}")
+    agent = AgentProcess(tmp_path / "store", tmp_path / "agent.log", "--specs", str(specs), "--node", "here",
+                         "--verify-interval", "1").start()
+    try:
+        wait_for(lambda: status(specs, "m").get("nodeStatus") == {"here": "NodeDownloaded"}, 30, "downloaded")
+        held = tmp_path / "store" / "models" / key_for(f"file://{src}") / "w.bin"
+        held.chmod(0o644)
+        with open(held, "r+b") as f:  # same size, different bytes: only a re-hash notices
+            f.write(b"X" * 100)
+        wait_for(lambda: agent.metric("modeldepot_agent_verification_failures_total") >= 1, 20, "a failed re-hash")
+        report = wait_for(lambda: (v := status(specs, "_node").get("lastVerification", {})).get("problems") and v,
+                          10, "the problem in the node status")
+        assert report["full"] is True
+    finally:
+        agent.stop()
