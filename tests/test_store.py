@@ -344,3 +344,29 @@ def test_a_model_materialized_on_the_same_filesystem_counts_as_held(tmp_path):
     with pytest.raises(CapacityError, match="linked outside the store"):
         store.ensure(b)
     assert keys(store) == [key_for(a)], "evicting a would free nothing, so it is kept"
+
+
+def test_fsck_restores_a_lost_blob_from_the_model_that_still_links_it(tmp_path):
+    data = blob(80_000, "lost")
+    src = model(tmp_path, "m", {"w.bin": data})
+    store = Store(tmp_path / "store")
+    store.ensure(src)
+    blob_path(store, data).unlink()
+    report = store.fsck(repair=True)
+    assert any("restored" in r for r in report.repaired)
+    assert blob_path(store, data).read_bytes() == data and store.verify() == []
+
+
+def test_fsck_unpublishes_a_model_missing_a_file_and_ensure_refetches_only_that(tmp_path):
+    files = {"keep.bin": blob(80_000, "keep"), "lost.bin": blob(80_000, "lost")}
+    src = model(tmp_path, "m", files)
+    store = Store(tmp_path / "store")
+    key = store.ensure(src).key
+    kept_inode = (store.root / "models" / key / "keep.bin").stat().st_ino
+    (store.root / "models" / key / "lost.bin").unlink()
+    report = store.fsck(repair=True)
+    assert report.consistent and not (store.root / "models" / key).exists()
+    assert store.list()[0].state == "partial"
+    store.ensure(src)
+    assert read_tree(store.root / "models" / key) == files and store.verify() == []
+    assert (store.root / "models" / key / "keep.bin").stat().st_ino == kept_inode, "the intact file was reused"
