@@ -103,8 +103,10 @@ def http_server(tmp_path):
 def http_server_factory(tmp_path):
     started: list[HTTPFileServer] = []
 
-    def make(root: Path, required_headers: dict[str, str] | None = None) -> HTTPFileServer:
-        server = HTTPFileServer(root, required_headers)
+    def make(
+        root: Path, required_headers: dict[str, str] | None = None, *, ranges: bool = True
+    ) -> HTTPFileServer:
+        server = HTTPFileServer(root, required_headers, ranges=ranges)
         started.append(server)
         return server
 

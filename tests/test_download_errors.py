@@ -163,3 +163,27 @@ def test_dest_that_is_a_file_is_refused(s3_client, bucket, s3_env, tmp_path):
     with pytest.raises(StorageError):
         download(f"s3://{bucket}/m", dest, env=s3_env)
     assert dest.read_bytes() == b"i am a file"
+
+
+def test_two_concurrent_downloads_into_one_dest_end_verified(s3_client, bucket, s3_env, tmp_path):
+    files = {f"f{i}.bin": blob(300_000, f"c{i}") for i in range(6)}
+    upload_tree(s3_client, bucket, "m", files)
+    dest = tmp_path / "dest"
+    outcomes: list = []
+
+    def run():
+        try:
+            download(f"s3://{bucket}/m", dest, env=s3_env)
+            outcomes.append("ok")
+        except StorageError as exc:  # a clear "another writer" refusal is acceptable
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert "ok" in outcomes, outcomes
+    assert all(o == "ok" or "\n" not in str(o) for o in outcomes)
+    assert_tree_equal(dest, files)
+    assert verify(dest) == []

@@ -216,3 +216,23 @@ def test_proxy_corrupt_flips_one_byte(served, fault_proxy):
     got = _pool(proxy).request("GET", "/dir/file%20one.bin").data
     assert len(got) == len(DATA) and got != DATA
     assert [i for i in range(len(DATA)) if got[i] != DATA[i]] == [12345]
+
+
+def test_http_server_can_ignore_ranges(http_server_factory, tmp_path):
+    (tmp_path / "nr").mkdir()
+    (tmp_path / "nr" / "f").write_bytes(DATA)
+    server = http_server_factory(tmp_path / "nr", ranges=False)
+    r = _pool(server).request("GET", "/f", headers={"Range": "bytes=10-19"})
+    assert r.status == 200 and r.data == DATA and "Accept-Ranges" not in r.headers
+
+
+def test_http_server_honours_if_match_and_if_range(served):
+    pool = _pool(served)
+    etag = pool.request("HEAD", "/dir/file%20one.bin").headers["ETag"]
+    assert pool.request("GET", "/dir/file%20one.bin", headers={"If-Match": '"other"'}).status == 412
+    r = pool.request("GET", "/dir/file%20one.bin", headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert r.status == 200 and r.data == DATA
+    r = pool.request(
+        "GET", "/dir/file%20one.bin", headers={"Range": "bytes=0-9", "If-Range": etag, "If-Match": etag}
+    )
+    assert r.status == 206 and r.data == DATA[:10]

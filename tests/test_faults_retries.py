@@ -14,7 +14,7 @@ from support.faultproxy import Fault, s3_error
 from support.models import MiB, assert_tree_equal, blob, upload_tree
 
 from storage import download, verify
-from storage.errors import IntegrityError, TransientExhaustedError
+from storage.errors import IntegrityError, StorageError, TransientExhaustedError
 
 BIG = blob(4 * MiB + 999, "faulty")
 FILES = {"config.json": b"{}", "big.bin": BIG, "sub/small.bin": blob(5000, "small")}
@@ -212,3 +212,66 @@ def test_http_truncation_resumes_with_range(http_model, fault_proxy, tmp_path):
     assert (dest / "model.bin").read_bytes() == BIG
     retry = _data_gets(proxy)[1]
     assert retry.range_start is not None and 0 < retry.range_start <= 3 * MiB, retry.range
+
+
+# -- sources that change or misbehave under us -----------------------------------------------
+
+
+def test_http_server_ignoring_range_still_yields_correct_bytes(tmp_path, http_server_factory, fault_proxy):
+    root = tmp_path / "www-norange"
+    root.mkdir()
+    (root / "model.bin").write_bytes(BIG)
+    proxy = fault_proxy(http_server_factory(root, ranges=False).base_url)
+    proxy.add(Fault.reset(after=2 * MiB, method="GET", path=r"model\.bin$", when=_is_data_get))
+    dest = tmp_path / "dest"
+    try:
+        download(f"{proxy.url}/model.bin", dest, part_size=MiB, env=dict(FAST_RETRY_ENV))
+    except StorageError as exc:  # refusing clearly is acceptable; splicing a 200 body at an offset is not
+        assert "\n" not in str(exc) and not dest.exists()
+        return
+    assert (dest / "model.bin").read_bytes() == BIG
+    assert verify(dest) == []
+
+
+def test_s3_object_replaced_between_parts_never_publishes_a_mix(s3_client, bucket, s3_proxy, tmp_path):
+    old, new = blob(3 * MiB, "old"), blob(3 * MiB, "new")
+    s3_client.put_object(Bucket=bucket, Key="m/w.bin", Body=old)
+
+    def swap(rec):  # runs in the proxy before forwarding the third part
+        if rec.range_start == 2 * MiB:
+            s3_client.put_object(Bucket=bucket, Key="m/w.bin", Body=new)
+            return True
+        return False
+
+    s3_proxy.add(Fault.stall(after=0, seconds=0.0, method="GET", path=r"/m/w\.bin$", when=swap))
+    dest = tmp_path / "dest"
+    try:
+        download(f"s3://{bucket}/m", dest, part_size=MiB, concurrency=1, env=s3_env_for(s3_proxy.url))
+    except StorageError:
+        assert not dest.exists()
+        return
+    assert (dest / "w.bin").read_bytes() in (old, new), "published a file spliced from two object versions"
+    assert verify(dest) == []
+
+
+def test_http_file_replaced_between_parts_never_publishes_a_mix(tmp_path, http_server_factory, fault_proxy):
+    root = tmp_path / "www-swap"
+    root.mkdir()
+    old, new = blob(3 * MiB, "old"), blob(3 * MiB, "new")
+    (root / "model.bin").write_bytes(old)
+    proxy = fault_proxy(http_server_factory(root).base_url)
+
+    def swap(rec):
+        if rec.range_start == 2 * MiB:
+            (root / "model.bin").write_bytes(new)  # same inode and size, new mtime -> new ETag
+            return True
+        return False
+
+    proxy.add(Fault.stall(after=0, seconds=0.0, method="GET", path=r"model\.bin$", when=swap))
+    dest = tmp_path / "dest"
+    try:
+        download(f"{proxy.url}/model.bin", dest, part_size=MiB, concurrency=1, env=dict(FAST_RETRY_ENV))
+    except StorageError:
+        assert not dest.exists()
+        return
+    assert (dest / "model.bin").read_bytes() in (old, new), "published a file spliced from two versions"

@@ -1,9 +1,10 @@
 """A small threaded static file server for tests: Range, HEAD, ETag, Content-Length, optional auth.
 
-Serves files under ``root`` at ``http://127.0.0.1:PORT/<relative path>`` (query strings are
+Serves files under ``root`` (honouring If-Match -> 412 and If-Range -> 200 on a changed ETag) at ``http://127.0.0.1:PORT/<relative path>`` (query strings are
 ignored for lookup but recorded). Bodies go out with ``os.sendfile`` so multi-GB files cost no
 Python-side copying. ``required_headers`` turns on auth: a request missing one of them gets 401, a
-request with a wrong value gets 403. Every request is recorded in ``requests``.
+request with a wrong value gets 403. ``ranges=False`` plays a server that ignores Range (always
+200 with the whole body, no Accept-Ranges). Every request is recorded in ``requests``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Served:
 class _State:
     root: Path
     required_headers: dict[str, str] = field(default_factory=dict)
+    ranges: bool = True
     requests: list[Served] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,7 +98,13 @@ class _Handler(BaseHTTPRequestHandler):
         size = st.st_size
         start, end = 0, size  # [start, end)
         status = 200
-        rng = self.headers.get("Range")
+        if_match = self.headers.get("If-Match")
+        if if_match and if_match.strip() != "*" and etag not in [t.strip() for t in if_match.split(",")]:
+            return self._status(rec, 412, b"precondition failed\n")
+        rng = self.headers.get("Range") if self.state.ranges else None
+        if_range = self.headers.get("If-Range")
+        if rng and if_range and if_range.strip() != etag:
+            rng = None  # RFC 9110: a changed representation is sent whole, with 200
         if rng:
             m = _RANGE.match(rng.strip())
             if not m or (not m.group(1) and not m.group(2)):
@@ -117,7 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
-        self.send_header("Accept-Ranges", "bytes")
+        if self.state.ranges:
+            self.send_header("Accept-Ranges", "bytes")
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         self.end_headers()
@@ -151,8 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
 class HTTPFileServer:
     """Serve ``root`` on 127.0.0.1 until ``stop()``; use as a context manager."""
 
-    def __init__(self, root: str | os.PathLike, required_headers: dict[str, str] | None = None):
-        self.state = _State(Path(root), dict(required_headers or {}))
+    def __init__(
+        self, root: str | os.PathLike, required_headers: dict[str, str] | None = None, *, ranges: bool = True
+    ):
+        self.state = _State(Path(root), dict(required_headers or {}), ranges)
         handler = type("Handler", (_Handler,), {"state": self.state})
         self.httpd = _QuietServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
