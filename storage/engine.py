@@ -29,6 +29,7 @@ from storage.progress import NullProgress, Progress
 from storage.sources import open_source
 from storage.sources.base import RemoteFile, Source, redact_uri
 from storage.staging import Staging
+from storage.storageconfig import apply_storage_config, uri_with_bucket
 from storage.transfer import FileJob, Runner, call_with_retries, resilient_stream
 
 log = logging.getLogger("modeldepot")
@@ -55,6 +56,9 @@ def download(
     env = dict(os.environ if env is None else env)
     if not uri or not str(uri).strip():
         raise BadURIError("empty source URI; pass something like s3://bucket/model")
+    # KServe's STORAGE_CONFIG / STORAGE_OVERRIDE_CONFIG become the variables each source reads.
+    env = apply_storage_config(uri, env)
+    uri = uri_with_bucket(uri, env)
     if dest is None or not str(dest).strip():
         raise BadURIError(f"{redact_uri(uri)}: empty destination path")
     settings = Settings.from_env(env)

@@ -35,6 +35,19 @@ def _error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+async def _read_up_to(body, n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end). aiohttp hands out whatever is buffered, often
+    64 KiB; gathering a full chunk on the event loop makes one thread hop per MiB, not per packet."""
+    parts, got = [], 0
+    while got < n:
+        data = await body.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class S3Source(Source):
     def __init__(self, uri, env=None):
         super().__init__(uri, env)
@@ -182,7 +195,7 @@ class S3Source(Source):
             resp = self._call(self.fs._call_s3, "get_object", **kwargs)
             body = resp["Body"]
             while True:
-                chunk = self._call(body.read, CHUNK)
+                chunk = self._call(_read_up_to, body, CHUNK)
                 if not chunk:
                     return
                 yield chunk
