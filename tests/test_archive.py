@@ -113,3 +113,45 @@ def test_hostile_tar_from_s3_is_refused(s3_client, bucket, s3_server, tmp_path):
     with pytest.raises(UnsafeArchiveError):
         download(f"s3://{bucket}/evil.tar", dest, env=s3_env_for(s3_server.endpoint))
     assert not dest.exists()
+
+
+def test_tar_with_dot_slash_entries_is_extracted(tmp_path, http_server):
+    # `tar -C dir -cf m.tar .` writes "./", "./config.json", ...: the most common hand-made tar.
+    import io
+    import tarfile
+
+    with tarfile.open(http_server.root / "m.tar", "w") as tf:
+        top = tarfile.TarInfo("./")
+        top.type = tarfile.DIRTYPE
+        tf.addfile(top)
+        for rel, data in CONTENT.items():
+            info = tarfile.TarInfo(f"./{rel}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "dest"
+    download(http_server.url("m.tar"), dest, env=dict(FAST_RETRY_ENV))
+    assert_tree_equal(dest, CONTENT)
+    assert verify(dest) == []
+
+
+def test_archive_with_an_internal_symlink_stays_inside_dest(tmp_path, http_server):
+    import io
+    import tarfile
+
+    with tarfile.open(http_server.root / "m.tar", "w") as tf:
+        info = tarfile.TarInfo("weights/model.bin")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"model"))
+        link = tarfile.TarInfo("latest.bin")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "weights/model.bin"
+        tf.addfile(link)
+    dest = tmp_path / "dest"
+    try:
+        download(http_server.url("m.tar"), dest, env=dict(FAST_RETRY_ENV))
+    except UnsafeArchiveError:
+        assert not dest.exists()  # refusing all links is a defensible policy
+        return
+    assert (dest / "weights" / "model.bin").read_bytes() == b"model"
+    assert (dest / "latest.bin").resolve().is_relative_to(dest.resolve())
+    assert verify(dest) == []

@@ -132,3 +132,26 @@ def test_progress_lines_go_to_stderr_without_a_tty(s3_client, bucket, s3_proxy, 
     assert len(lines) >= 2, proc.stderr
     assert any(ch.isdigit() for ch in "".join(lines))
     assert "\r" not in proc.stderr, "carriage-return progress bars do not belong in a non-TTY log"
+
+
+def test_storage_allow_patterns_env_applies_to_the_cli(s3_client, s3_server, bucket, tmp_path):
+    upload_tree(s3_client, bucket, "m", {"a.json": b"{}", "b.bin": b"b", "c/d.json": b"[]"})
+    dest = tmp_path / "dest"
+    env = s3_env_for(s3_server.endpoint, STORAGE_ALLOW_PATTERNS='["*.json"]')
+    proc = run_cli("storage-initializer", f"s3://{bucket}/m", str(dest), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert_tree_equal(dest, {"a.json": b"{}", "c/d.json": b"[]"})
+
+
+def test_pvc_uri_through_the_cli(tmp_path):
+    (tmp_path / "pvcs" / "claim" / "llm").mkdir(parents=True)
+    (tmp_path / "pvcs" / "claim" / "llm" / "w.bin").write_bytes(b"w")
+    dest = tmp_path / "dest"
+    proc = run_cli(
+        "storage-initializer",
+        "pvc://claim/llm",
+        str(dest),
+        env={"MODELDEPOT_PVC_ROOT": str(tmp_path / "pvcs")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_tree_equal(dest, {"w.bin": b"w"})

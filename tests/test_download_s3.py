@@ -186,3 +186,23 @@ def test_concurrency_one_still_downloads_everything(s3_client, bucket, s3_env, t
     download(f"s3://{bucket}/m", dest, concurrency=1, part_size=MiB, env=s3_env)
     assert_tree_equal(dest, files)
     assert verify(dest) == []
+
+
+def test_download_of_another_uri_replaces_a_complete_dest(s3_client, bucket, s3_env, tmp_path):
+    upload_tree(s3_client, bucket, "a", {"only-in-a.bin": b"a", "shared.json": b"A"})
+    upload_tree(s3_client, bucket, "b", {"only-in-b.bin": b"b", "shared.json": b"B"})
+    dest = tmp_path / "dest"
+    download(f"s3://{bucket}/a", dest, env=s3_env)
+    download(f"s3://{bucket}/b", dest, env=s3_env)
+    assert_tree_equal(dest, {"only-in-b.bin": b"b", "shared.json": b"B"})
+    assert read_manifest(dest).source == f"s3://{bucket}/b"
+    assert verify(dest) == []
+
+
+def test_rerun_with_a_narrower_filter_leaves_dest_matching_its_manifest(s3_client, bucket, s3_env, tmp_path):
+    upload_tree(s3_client, bucket, "m", {"a.json": b"{}", "b.bin": b"b"})
+    dest = tmp_path / "dest"
+    download(f"s3://{bucket}/m", dest, env=s3_env)
+    download(f"s3://{bucket}/m", dest, include=["*.json"], env=s3_env)
+    assert verify(dest) == []
+    assert_tree_equal(dest, {"a.json": b"{}"})
