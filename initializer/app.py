@@ -20,12 +20,15 @@ def download(
     exclude: list[str] = typer.Option(None, "--exclude", help="drop paths matching this glob (repeatable)"),
     concurrency: int = typer.Option(None, "--concurrency", min=1, help="connections at once (default 16)"),
     part_size: str = typer.Option(None, "--part-size", help="ranged part size for large files, e.g. 32Mi"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", envvar="MODELDEPOT_CACHE_DIR",
+                                   help="serve from / fill the node store at DIR"),
 ) -> None:
     """Download SRC into DEST, verify it, publish it atomically."""
     from storage.config import parse_size
 
     setup_logging()
-    kwargs = {"include": include or None, "exclude": exclude or None, "concurrency": concurrency}
+    kwargs = {"include": include or None, "exclude": exclude or None, "concurrency": concurrency,
+              "cache_dir": str(cache_dir) if cache_dir else None}
     if part_size:
         try:
             kwargs["part_size"] = parse_size(part_size)

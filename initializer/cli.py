@@ -18,7 +18,7 @@ from storage.config import Settings
 from storage.progress import Progress
 from storage.sources import redact_uri
 
-USAGE = "usage: storage-initializer SRC_URI DEST_PATH [SRC_URI DEST_PATH ...]"
+USAGE = "usage: storage-initializer [--cache-dir DIR] SRC_URI DEST_PATH [SRC_URI DEST_PATH ...]"
 PROG = "storage-initializer"
 
 
@@ -31,11 +31,17 @@ def setup_logging() -> None:
     root.propagate = False
 
 
-def run_pair(src: str, dest: str, *, interval: float, **kwargs) -> str | None:
-    """Download one pair; the one-line error, or None on success."""
+def run_pair(src: str, dest: str, *, interval: float, cache_dir: str | None = None, **kwargs) -> str | None:
+    """Download one pair (through the node store at ``cache_dir`` when given); the one-line
+    error, or None on success."""
     progress = Progress(redact_uri(src), interval=interval)
     try:
-        manifest = download(src, dest, progress=progress, **kwargs)
+        if cache_dir:
+            from cacheagent.initializer_hook import download_via_cache
+
+            manifest = download_via_cache(src, dest, cache_dir, progress=progress, **kwargs)
+        else:
+            manifest = download(src, dest, progress=progress, **kwargs)
     except StorageError as exc:
         return str(exc)
     except OSError as exc:  # a local filesystem problem: disk full, read-only, permissions
@@ -60,16 +66,26 @@ def run_pairs(pairs: list[tuple[str, str]], prog: str = PROG, **kwargs) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    cache_dir = os.environ.get("MODELDEPOT_CACHE_DIR") or None
+    if args and args[0].startswith("--cache-dir"):
+        flag = args.pop(0)
+        if "=" in flag:
+            cache_dir = flag.split("=", 1)[1]
+        elif args:
+            cache_dir = args.pop(0)
+        else:
+            print(USAGE, file=sys.stderr)
+            return 2
     if not args or len(args) % 2:
         print(USAGE, file=sys.stderr)
         return 2
     setup_logging()
     pairs = list(zip(args[0::2], args[1::2], strict=True))
-    return guarded(lambda: run_pairs(pairs))
+    return guarded(lambda: run_pairs(pairs, cache_dir=cache_dir))
 
 
 def guarded(fn) -> int:
