@@ -110,6 +110,11 @@ class Reconciler:
             if inflight:
                 states[name] = CacheState(DOWNLOADING if running else PENDING, "", key, spec.uri)
                 continue
+            capacity = getattr(self.store, "capacity", None)
+            if capacity is not None and spec.size > capacity:
+                states[name] = CacheState(ERROR, f"modelSize {spec.size} bytes exceeds this node's store capacity "
+                                                 f"{capacity} bytes (the node group's storageLimit)", key, spec.uri)
+                continue
             failure = self._failures.get((name, spec.uri))
             if failure and time.monotonic() < failure.retry_at:
                 states[name] = CacheState(ERROR, failure.message, key, spec.uri)

@@ -89,9 +89,12 @@ def test_deleted_cache_is_unpinned_and_evicted_only_under_pressure(tmp_path, kub
     kube.group(group, {"storageLimit": "3000000", "nodeSelector": {"evict": group}})
     first, second = unique("first"), unique("second")
     uri1, uri2 = model_dir(tmp_path, "big1", 1_800_000), model_dir(tmp_path, "big2", 1_800_000)
-    kube.cache(first, uri1, [group])
+    kube.cache(first, uri1, [group], size="2M")
+    too_big = unique("too-big")
+    kube.cache(too_big, model_dir(tmp_path, "never"), [group], size="1Gi")
     agent = agents(node)
     kube.wait_node_state(first, node, DOWNLOADED)
+    assert "exceeds" in kube.wait_node_state(too_big, node, ERROR)["nodeErrors"][node]
 
     kube.delete_cache(first)
     unpinned = wait_for(lambda: [m for m in kube.node_status(node).get("models", [])
@@ -99,7 +102,7 @@ def test_deleted_cache_is_unpinned_and_evicted_only_under_pressure(tmp_path, kub
     assert unpinned[0]["state"] == "ready"  # unpinned is not evicted: there is no pressure yet
     assert key_for(uri1) in store_keys(tmp_path / f"store-{node}")
 
-    kube.cache(second, uri2, [group])  # two of these do not fit in 3 MB: the unpinned one goes
+    kube.cache(second, uri2, [group], size="2M")  # two of these do not fit in 3 MB: the unpinned one goes
     kube.wait_node_state(second, node, DOWNLOADED)
     wait_for(lambda: store_keys(tmp_path / f"store-{node}") == {key_for(uri2)}, 20, "eviction of the first model")
     assert agent.metric("modeldepot_agent_store_used_bytes") <= 3_000_000
