@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -129,12 +128,11 @@ class AgentProcess:
     """``modeldepot agent`` in its own process group, logging to a file."""
 
     def __init__(self, root: Path, log: Path, *args: str, env: dict | None = None):
-        from conftest import cli_env
+        from conftest import cli_argv, cli_env
 
         self.port = free_port()
         self.log = Path(log)
-        self.argv = [sys.executable, "-c", "import typer; from cacheagent.agent_cli import agent; typer.run(agent)",
-                     "--root", str(root), "--listen", f"127.0.0.1:{self.port}", "--resync", "2",
+        self.argv = [*cli_argv("modeldepot"), "agent", "--root", str(root), "--listen", f"127.0.0.1:{self.port}", "--resync", "2",
                      "--retry-base", "0.5", *args]
         self.env = cli_env({"MODELDEPOT_FSYNC": "0", **(env or {})})
         self.proc: subprocess.Popen | None = None
