@@ -236,3 +236,25 @@ def test_http_server_honours_if_match_and_if_range(served):
         "GET", "/dir/file%20one.bin", headers={"Range": "bytes=0-9", "If-Range": etag, "If-Match": etag}
     )
     assert r.status == 206 and r.data == DATA[:10]
+
+
+def test_proxy_hang_sends_nothing_then_carries_on(served, fault_proxy):
+    proxy = fault_proxy(served.base_url)
+    proxy.add(Fault.hang(0.8, path=r"file"))
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):
+        _pool(proxy, timeout=urllib3.Timeout(connect=2, read=0.3)).request("GET", "/dir/file%20one.bin")
+    proxy.add(Fault.hang(0.3, path=r"file"))
+    t0 = time.monotonic()
+    assert _pool(proxy).request("GET", "/dir/file%20one.bin").data == DATA
+    assert time.monotonic() - t0 >= 0.3
+
+
+def test_proxy_chunked_drops_content_length(served, fault_proxy):
+    proxy = fault_proxy(served.base_url)
+    proxy.add(Fault.chunked(path=r"file", count=2))
+    pool = _pool(proxy)
+    r = pool.request("GET", "/dir/file%20one.bin")
+    assert r.data == DATA and "Content-Length" not in r.headers
+    assert r.headers.get("Transfer-Encoding") == "chunked"
+    h = pool.request("HEAD", "/dir/file%20one.bin")
+    assert "Content-Length" not in h.headers

@@ -275,3 +275,40 @@ def test_http_file_replaced_between_parts_never_publishes_a_mix(tmp_path, http_s
         assert not dest.exists()
         return
     assert (dest / "model.bin").read_bytes() in (old, new), "published a file spliced from two versions"
+
+
+def test_request_that_never_answers_times_out_and_is_retried(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.hang(60, method="GET", path=r"/m/big\.bin$"))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    download(model, dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url, MODELDEPOT_STALL_TIMEOUT="0.5"))
+    assert time.monotonic() - t0 < 15, "a silent server held the download past the stall timeout"
+    assert_tree_equal(dest, FILES)
+
+
+def test_stalled_listing_times_out_and_is_retried(model, bucket, s3_proxy, tmp_path):
+    s3_proxy.add(Fault.hang(60, method="GET", path=rf"^/{bucket}/?$"))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    download(model, dest, env=s3_env_for(s3_proxy.url, MODELDEPOT_STALL_TIMEOUT="0.5"))
+    assert time.monotonic() - t0 < 15, "a silent listing held the download past the stall timeout"
+    assert_tree_equal(dest, FILES)
+
+
+def test_http_hang_before_headers_times_out_and_is_retried(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    proxy.add(Fault.hang(60, method="GET", path=r"model\.bin$", when=_is_data_get))
+    dest = tmp_path / "dest"
+    t0 = time.monotonic()
+    download(f"{proxy.url}/model.bin", dest, env={**FAST_RETRY_ENV, "MODELDEPOT_STALL_TIMEOUT": "0.5"})
+    assert time.monotonic() - t0 < 15
+    assert (dest / "model.bin").read_bytes() == BIG
+
+
+def test_http_without_content_length_downloads_whole_file(http_model, fault_proxy, tmp_path):
+    proxy = fault_proxy(http_model.base_url)
+    proxy.add(Fault.chunked(path=r"model\.bin$", count=1000))
+    dest = tmp_path / "dest"
+    download(f"{proxy.url}/model.bin", dest, env=dict(FAST_RETRY_ENV))
+    assert (dest / "model.bin").read_bytes() == BIG
+    assert verify(dest) == []

@@ -18,6 +18,8 @@ Fault kinds:
   close cleanly, so the client sees a short body.
 - ``stall``: forward the headers and ``after`` body bytes, sleep ``seconds``, then carry on.
 - ``corrupt``: forward the whole response with one byte flipped at body offset ``after``.
+- ``hang``: accept the request and send nothing at all for ``seconds`` (then carry on).
+- ``chunked``: forward the response without Content-Length, chunk-encoded (size unknown upfront).
 
 Each fault matches on method, a regex searched in the path (query excluded unless
 ``match_query``), an optional predicate on the request, skips its first ``skip`` matches and then
@@ -124,6 +126,14 @@ class Fault:
     @classmethod
     def stall(cls, after: int, seconds: float, **kw) -> Fault:
         return cls("stall", after=after, seconds=seconds, **kw)
+
+    @classmethod
+    def hang(cls, seconds: float, **kw) -> Fault:
+        return cls("hang", seconds=seconds, **kw)
+
+    @classmethod
+    def chunked(cls, **kw) -> Fault:
+        return cls("chunked", **kw)
 
     @classmethod
     def corrupt(cls, at: int = 0, **kw) -> Fault:
@@ -266,6 +276,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "status":
                 self._send_status(rec, fault)
                 return
+            if fault is not None and fault.kind == "hang" and owner.stopping.wait(fault.seconds):
+                self._abort(reset=False)
+                return
             self._forward(rec, fault, body)
         except (TimeoutError, BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
@@ -318,10 +331,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             resp = conn.getresponse()
             rec.status = resp.status
             length = resp.getheader("Content-Length")
-            chunked = length is None and self.command != "HEAD" and resp.status not in (204, 304)
+            unsized = fault is not None and fault.kind == "chunked"
+            chunked = (length is None or unsized) and self.command != "HEAD" and resp.status not in (204, 304)
             self.send_response(resp.status)
             for k, v in resp.getheaders():
-                if k.lower() not in HOP_BY_HOP:
+                if k.lower() not in HOP_BY_HOP and not (unsized and k.lower() == "content-length"):
                     self.send_header(k, v)
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
