@@ -19,6 +19,7 @@ from cacheagent.layout import HEX, Layout, _crashpoint
 from storage.errors import IntegrityError
 from storage.hashing import READ_CHUNK, new_xxh3
 from storage.manifest import Manifest
+from storage.staging import fsync_dir
 
 READ_ONLY = 0o444
 COPY_CHUNK = 4 * READ_CHUNK
@@ -153,14 +154,3 @@ def _stat(path: Path) -> os.stat_result | None:
         return path.stat()
     except FileNotFoundError:
         return None
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import storage
 from cacheagent import maintenance
-from cacheagent.blobs import commit_tree, fsync_dir, inventory, link_or_copy, remove_unreferenced
+from cacheagent.blobs import commit_tree, inventory, link_or_copy, remove_unreferenced
 from cacheagent.layout import KEY, Layout, _crashpoint, key_for
 from cacheagent.locks import Busy, FileLock, is_held
 from cacheagent.state import ModelRecord, States, Usage
@@ -40,7 +40,7 @@ from storage.errors import CapacityError, NotFoundError, StorageError
 from storage.manifest import Manifest, read_manifest
 from storage.progress import Progress, human_bytes
 from storage.sources.base import redact_uri
-from storage.staging import Staging
+from storage.staging import Staging, fsync_dir
 
 __all__ = ["Store", "ModelRecord", "Usage", "key_for"]
 

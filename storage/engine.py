@@ -373,27 +373,30 @@ class _Download:
         shutil.rmtree(st.tree, ignore_errors=True)
         st.tree.mkdir(parents=True)
         merged: dict[str, tuple[int, str]] = {}
+        links: dict[str, str] = {}
         for index in range(len(files)):
             out = layer_results[index]
             layer = st.layers / str(index)
             for gone in out.whiteouts:
                 _remove_path(st.tree / gone)
                 merged = {p: v for p, v in merged.items() if p != gone and not p.startswith(gone + "/")}
+                links = {p: v for p, v in links.items() if p != gone and not p.startswith(gone + "/")}
             for rel in list(out.files) + list(out.links):
                 src, dst = layer / rel, st.tree / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 _remove_path(dst)
                 os.rename(src, dst)
                 merged.pop(rel, None)
-            for rel, (size, digest) in out.files.items():
-                merged[rel] = (size, digest)
+                links.pop(rel, None)
+            merged.update(out.files)
+            links.update(out.links)
         shutil.rmtree(st.layers, ignore_errors=True)
         entries = [FileEntry(path=p, size=s, xxh3_128=d) for p, (s, d) in sorted(merged.items())]
         if not entries:
             raise NotFoundError(f"{self.what}: the archive or image holds no files"
                                 + (f" under {files[0].unpack_prefix!r}" if files[0].unpack_prefix else ""))
         archive = {"layers": [self._layer_identity(f) for f in files]}
-        return Manifest(source=self.what, files=entries, revision=revision, archive=archive)
+        return Manifest(source=self.what, files=entries, revision=revision, archive=archive, links=links)
 
 
 def _layer_from_event(event: dict):

@@ -34,6 +34,7 @@ class Manifest:
     files: list[FileEntry]
     revision: str | None = None
     archive: dict | None = None  # the single archive DEST was extracted from, with its identity
+    links: dict[str, str] = field(default_factory=dict)  # in-tree symlinks (from archives): path -> target
     format: int = FORMAT
     created: str = ""
 
@@ -115,9 +116,17 @@ def verify(dest: str | os.PathLike, *, full: bool = True) -> list[str]:
             digest = xxh3_file(path)
             if digest != entry.xxh3_128:
                 problems.append(f"{rel}: xxh3-128 {digest} != {entry.xxh3_128} in the manifest")
+    for rel, target in sorted(manifest.links.items()):
+        path = dest / rel
+        if not path.is_symlink():
+            problems.append(f"{rel}: missing symlink (to {target})")
+        elif os.readlink(path) != target:
+            problems.append(f"{rel}: symlink to {os.readlink(path)!r}, the manifest says {target!r}")
     for path in sorted(dest.rglob("*")):
         rel = path.relative_to(dest).as_posix()
-        if rel == META_DIR or rel.startswith(META_DIR + "/") or path.is_dir():
+        if rel == META_DIR or rel.startswith(META_DIR + "/") or (path.is_dir() and not path.is_symlink()):
+            continue
+        if rel in manifest.links:
             continue
         if rel not in listed:
             problems.append(f"{rel}: not in the manifest")

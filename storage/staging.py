@@ -191,7 +191,7 @@ class Staging:
                 dest.rmdir()  # empty: rename(2) would replace it, but rmdir keeps this portable
             os.rename(self.tree, dest)
         if self.durable:
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         self.discard()
 
     def _move_entries_in(self, manifest: Manifest) -> None:
@@ -217,8 +217,8 @@ class Staging:
         mpath.parent.mkdir(parents=True, exist_ok=True)
         os.replace(manifest_path(self.tree), mpath)
         if self.durable:
-            _fsync_dir(mpath.parent)
-            _fsync_dir(dest)
+            fsync_dir(mpath.parent)
+            fsync_dir(dest)
         self.discard()
 
 
@@ -261,7 +261,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so renames and new entries in it survive a power loss."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -274,4 +275,4 @@ def _fsync_dir(path: Path) -> None:
 
 def _fsync_dirs(tree: Path) -> None:
     for dirpath, _dirs, _files in os.walk(tree):
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))

@@ -50,6 +50,7 @@ from storage.errors import (  # noqa: E402 - the environment switch above must p
 )
 from storage.hashing import normalize_md5  # noqa: E402
 from storage.sources.base import CHUNK, Listing, RemoteFile, Source, relative_under, safe_relpath  # noqa: E402
+from storage.sources.streaming import body_range, read_up_to  # noqa: E402
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -291,17 +292,7 @@ class GCSSource(Source):
             if resp.status not in (200, 206):
                 body = self._sync(resp.read)
                 raise self._status_error(resp.status, body, file.path)
-            skip = start if resp.status == 200 else 0  # a server that ignored Range
-            while True:
-                chunk = self._sync(_read_up_to, resp, CHUNK)
-                if not chunk:
-                    return
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                yield chunk
+            yield from body_range(lambda: self._sync(read_up_to, resp.content, CHUNK), resp.status, start, end)
         except GeneratorExit:
             raise
         except StorageError:
@@ -314,16 +305,3 @@ class GCSSource(Source):
 
     def close(self) -> None:
         self._fs = None
-
-
-async def _read_up_to(resp, limit: int) -> bytes:
-    """Up to ``limit`` bytes of the body (fewer only at its end): one loop hop per MiB, not per packet."""
-    parts = []
-    got = 0
-    while got < limit:
-        data = await resp.content.read(limit - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return b"".join(parts)

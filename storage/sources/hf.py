@@ -29,6 +29,7 @@ import urllib3
 
 from storage.errors import AccessDeniedError, BadURIError, NotFoundError, StorageError, TransientError
 from storage.sources.base import CHUNK, Listing, RemoteFile, Source, safe_relpath
+from storage.sources.streaming import body_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -187,22 +188,11 @@ class HFSource(Source):
         try:
             if resp.status not in (200, 206):
                 raise self._error(resp, file.path)
-            skip = start if resp.status == 200 else 0  # a mirror that ignored Range
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                chunk = resp.read(CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                if remaining is not None:
-                    chunk = chunk[:remaining]
-                    remaining -= len(chunk)
+            received = 0
+            for chunk in body_range(lambda: resp.read(CHUNK, decode_content=False), resp.status, start, end):
+                received += len(chunk)
                 yield chunk
-            finished = remaining is None or resp.status == 206
+            finished = end is None or (resp.status == 206 and received == end - start)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"{self.describe()}: {type(exc).__name__} while reading {file.path}") from None
         finally:

@@ -16,9 +16,17 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 
-from storage.errors import AccessDeniedError, BadURIError, NotFoundError, StorageError, TransientError
+from storage.errors import (
+    AccessDeniedError,
+    BadURIError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+    TransientError,
+)
 from storage.hashing import normalize_md5
 from storage.sources.base import CHUNK, Listing, RemoteFile, Source, safe_relpath
+from storage.sources.streaming import body_range
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+|\*)")
 
@@ -135,8 +143,19 @@ class HTTPSource(Source):
             raise BadURIError(f"{self.describe()}: the URL names no file; end the path with the file name")
         return safe_relpath(name, self.uri)
 
+    @staticmethod
+    def _unchanged_since_listing(file: RemoteFile) -> dict[str, str]:
+        """Preconditions that make the server refuse (412) rather than splice a newer version into
+        parts fetched from the listed one. Weak ETags cannot be compared strongly: skip them."""
+        tag = file.etag or ""
+        if tag.startswith('"'):
+            return {"If-Match": tag}
+        if tag and not tag.startswith("W/"):
+            return {"If-Unmodified-Since": tag}  # no ETag: the listing kept Last-Modified
+        return {}
+
     def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        headers = {}
+        headers = self._unchanged_since_listing(file)
         if self.supports_ranges and (start > 0 or end is not None):
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if end is not None and end <= start:
@@ -144,24 +163,16 @@ class HTTPSource(Source):
         resp = self._request("GET", headers)
         finished = False
         try:
+            if resp.status == 412:
+                raise IntegrityError(f"{self.describe()}: the file changed on the server during the download; "
+                                     "run it again")
             if resp.status not in (200, 206):
                 raise status_error(resp.status, self.describe())
-            skip = start if resp.status == 200 else 0  # a server that ignored Range: discard up to start
-            remaining = None if end is None else end - start
-            while remaining is None or remaining > 0:
-                chunk = resp.read(CHUNK, decode_content=False)
-                if not chunk:
-                    break
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                if remaining is not None:
-                    chunk = chunk[:remaining]
-                    remaining -= len(chunk)
+            received = 0
+            for chunk in body_range(lambda: resp.read(CHUNK, decode_content=False), resp.status, start, end):
+                received += len(chunk)
                 yield chunk
-            finished = remaining is None or resp.status == 206
+            finished = end is None or (resp.status == 206 and received == end - start)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"{self.describe()}: {type(exc).__name__} while reading {file.path}") from None
         finally:

@@ -26,6 +26,7 @@ from storage.errors import (
 )
 from storage.hashing import s3_etag_md5
 from storage.sources.base import CHUNK, Listing, RemoteFile, Source, relative_under, safe_relpath
+from storage.sources.streaming import read_up_to
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -33,19 +34,6 @@ _TRUE = ("1", "true", "yes", "on")
 def _error_code(exc: BaseException) -> str:
     response = getattr(exc, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
-
-
-async def _read_up_to(body, n: int) -> bytes:
-    """Up to ``n`` bytes (fewer only at the end). aiohttp hands out whatever is buffered, often
-    64 KiB; gathering a full chunk on the event loop makes one thread hop per MiB, not per packet."""
-    parts, got = [], 0
-    while got < n:
-        data = await body.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class S3Source(Source):
@@ -195,7 +183,7 @@ class S3Source(Source):
             resp = self._call(self.fs._call_s3, "get_object", **kwargs)
             body = resp["Body"]
             while True:
-                chunk = self._call(_read_up_to, body, CHUNK)
+                chunk = self._call(read_up_to, body, CHUNK)
                 if not chunk:
                     return
                 yield chunk

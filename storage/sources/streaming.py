@@ -1,0 +1,43 @@
+"""Pieces every HTTP-speaking source shares for reading a ranged response body."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+
+def body_range(read_chunk: Callable[[], bytes], status: int, start: int, end: int | None) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` from a body that answered a ranged GET with ``status``.
+
+    A 206 body is the range itself. A 200 body is the whole object from a server that ignored
+    ``Range``: its first ``start`` bytes are dropped. Either way no more than ``end - start`` bytes
+    are yielded. ``read_chunk()`` returns the next chunk, ``b""`` at the end.
+    """
+    skip = start if status == 200 else 0
+    remaining = None if end is None else end - start
+    while remaining is None or remaining > 0:
+        chunk = read_chunk()
+        if not chunk:
+            return
+        if skip:
+            if len(chunk) <= skip:
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+        if remaining is not None:
+            chunk = chunk[:remaining]
+            remaining -= len(chunk)
+        yield chunk
+
+
+async def read_up_to(body, n: int) -> bytes:
+    """Up to ``n`` bytes from an async body (fewer only at its end). aiohttp hands out whatever is
+    buffered, often 64 KiB; gathering a full chunk on the event loop makes one thread hop per MiB
+    rather than per packet."""
+    parts, got = [], 0
+    while got < n:
+        data = await body.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
