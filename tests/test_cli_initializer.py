@@ -155,3 +155,16 @@ def test_pvc_uri_through_the_cli(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert_tree_equal(dest, {"w.bin": b"w"})
+
+
+def test_url_token_never_printed_in_progress_or_errors(http_server_factory, tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "w.bin").write_bytes(blob(MiB, "w"))
+    server = http_server_factory(tmp_path / "www")
+    ok = f"{server.base_url}/w.bin?token={SECRET}"
+    missing = f"{server.base_url}/missing.bin?X-Amz-Signature={SECRET}"
+    env = {"MODELDEPOT_PROGRESS_INTERVAL": "0.01"}
+    proc = run_cli("storage-initializer", ok, str(tmp_path / "d1"), missing, str(tmp_path / "d2"), env=env)
+    assert proc.returncode == 1
+    assert SECRET not in proc.stderr and SECRET not in proc.stdout
+    assert "missing.bin" in proc.stderr

@@ -105,3 +105,15 @@ def test_http_rerun_into_complete_dest_makes_no_get(www, http_server_factory, tm
     # A one-byte probe (Range: bytes=0-0) is listing, not a transfer of object data.
     assert [r for r in server.requests if r.method == "GET" and r.range != "bytes=0-0"] == []
     assert verify(dest) == []
+
+
+def test_url_secrets_are_not_written_to_the_manifest(www, http_server_factory, tmp_path):
+    server = http_server_factory(www)
+    secret = "SEKRETqueryT0ken55"
+    dest = tmp_path / "dest"
+    url = f"http://user:{secret}@127.0.0.1:{server.port}/models/m/model.bin?token={secret}&sig={secret}"
+    download(url, dest, env=dict(FAST_RETRY_ENV))
+    assert_tree_equal(dest, {"model.bin": DATA})
+    for path in (dest / ".modeldepot").rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path

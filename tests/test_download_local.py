@@ -91,3 +91,20 @@ def test_local_rerun_keeps_dest_verified(tmp_path):
     download(str(src), dest, env=dict(FAST_RETRY_ENV))
     assert_tree_equal(dest, files)
     assert verify(dest) == []
+
+
+def test_local_source_with_symlinks_like_the_hf_cache_yields_real_files(tmp_path):
+    # huggingface_hub's cache: snapshots/<rev>/<file> are relative symlinks into blobs/.
+    repo = tmp_path / "models--org--m"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / "aaa").write_bytes(b'{"a": 1}')
+    (repo / "blobs" / "bbb").write_bytes(b"weights" * 100)
+    snap = repo / "snapshots" / "0123abcd"
+    (snap / "sub").mkdir(parents=True)
+    (snap / "config.json").symlink_to("../../blobs/aaa")
+    (snap / "sub" / "model.bin").symlink_to("../../../blobs/bbb")
+    dest = tmp_path / "dest"
+    download(str(snap), dest, env=dict(FAST_RETRY_ENV))
+    assert_tree_equal(dest, {"config.json": b'{"a": 1}', "sub/model.bin": b"weights" * 100})
+    assert not (dest / "config.json").is_symlink()
+    assert verify(dest) == []

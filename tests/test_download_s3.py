@@ -206,3 +206,26 @@ def test_rerun_with_a_narrower_filter_leaves_dest_matching_its_manifest(s3_clien
     download(f"s3://{bucket}/m", dest, include=["*.json"], env=s3_env)
     assert verify(dest) == []
     assert_tree_equal(dest, {"a.json": b"{}"})
+
+
+def test_missing_parent_directories_of_dest_are_created(s3_client, bucket, s3_env, tmp_path):
+    upload_tree(s3_client, bucket, "m", {"w.bin": b"w"})
+    dest = tmp_path / "a" / "b" / "c" / "dest"
+    download(f"s3://{bucket}/m", dest, env=s3_env)
+    assert_tree_equal(dest, {"w.bin": b"w"})
+
+
+def test_prefix_holding_only_a_directory_marker_is_not_found(s3_client, bucket, s3_env, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="m/", Body=b"")
+    dest = tmp_path / "dest"
+    with pytest.raises(NotFoundError):
+        download(f"s3://{bucket}/m", dest, env=s3_env)
+    assert not dest.exists()
+
+
+def test_exact_key_of_a_zero_byte_object(s3_client, bucket, s3_env, tmp_path):
+    s3_client.put_object(Bucket=bucket, Key="m/empty.bin", Body=b"")
+    dest = tmp_path / "dest"
+    download(f"s3://{bucket}/m/empty.bin", dest, env=s3_env)
+    assert_tree_equal(dest, {"empty.bin": b""})
+    assert verify(dest) == []
