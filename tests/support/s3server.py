@@ -83,6 +83,7 @@ class SeaweedS3:
             f"-s3.localSocket={self.workdir}/s3.sock",
             f"-filer.localSocket={self.workdir}/filer.sock",
         ] + [f"-{k}={v}" for k, v in ports.items()]
+        self._ports = sorted(ports.values())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
         self.proc = ManagedProcess(argv, self.log, env=env, cwd=str(self.workdir))
         try:
@@ -130,6 +131,10 @@ class SeaweedS3:
     def stop(self) -> None:
         # weed mini's graceful shutdown waits on its volume pre-stop; tests need no durability.
         self.proc.stop(timeout=3)
+        # weed puts its gRPC unix sockets in /tmp, named after our ports; leave nothing behind.
+        for port in self._ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
