@@ -118,11 +118,16 @@ class Mirror:
         self.on_change()
 
     def _watch(self) -> None:
-        resp = self.custom.list_cluster_custom_object(
-            GROUP, VERSION, self.plural, watch=True, allow_watch_bookmarks=True,
-            resource_version=self.resource_version, timeout_seconds=self.watch_timeout,
-            _preload_content=False, _request_timeout=(10, self.watch_timeout + 30),
-        )
+        try:
+            resp = self.custom.list_cluster_custom_object(
+                GROUP, VERSION, self.plural, watch=True, allow_watch_bookmarks=True,
+                resource_version=self.resource_version, timeout_seconds=self.watch_timeout,
+                _preload_content=False, _request_timeout=(10, self.watch_timeout + 30),
+            )
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Gone() from None
+            raise
         try:
             status = getattr(resp, "status", 200)
             if status == 410:
