@@ -68,7 +68,8 @@ class LocalSource(Source):
                           version=f"{st.st_ino}-{st.st_mtime_ns}")
 
     def local_path(self, file: RemoteFile) -> str:
-        return file.key
+        # link(2) does not follow symlinks: link the file a symlink (an HF cache snapshot) points to.
+        return os.path.realpath(file.key)
 
     def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         try:
