@@ -77,8 +77,10 @@ def _conditions(old: list[dict], node_status: dict, errors: dict) -> list[dict]:
         status = "True" if ok else "False"
         before = previous.get(ctype) or {}
         since = before.get("lastTransitionTime") if before.get("status") == status else None
-        out.append({"type": ctype, "status": status, "reason": reason, "message": message,
-                    "lastTransitionTime": since or now_iso()})
+        condition = {"type": ctype, "status": status, "reason": reason, "lastTransitionTime": since or now_iso()}
+        if message:  # omitempty: the client would send "" as null, which the schema refuses
+            condition["message"] = message
+        out.append(condition)
     return out
 
 
@@ -105,6 +107,7 @@ def node_report(records, usage, states: dict[str, CacheState], verification: dic
             "pinnedBy": sorted(r.pinned_by),
             "lastUsed": iso(r.last_used),
         })
+        models[-1] = {k: v for k, v in models[-1].items() if v not in (None, "")}
     report = {
         "capacity": int(usage.capacity) if usage.capacity is not None else None,
         "used": int(usage.used),

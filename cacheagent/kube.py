@@ -48,7 +48,14 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 def describe(exc: BaseException) -> str:
     """One line for a log or a status message; an ApiException's body and headers stay out."""
     if isinstance(exc, ApiException):
-        return f"API server answered {exc.status} {exc.reason or ''}".strip()
+        detail = ""
+        if exc.status in (400, 409, 410, 422):
+            # The server's own message (a validation error names our fields); never request headers.
+            try:
+                detail = ": " + " ".join(str(json.loads(exc.body).get("message", "")).split())[:300]
+            except (TypeError, ValueError, AttributeError):
+                detail = ""
+        return f"API server answered {exc.status} {exc.reason or ''}".strip() + detail
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}"
 

@@ -120,6 +120,8 @@ class LocalCluster:
         return rev
 
     def api_client(self):
+        import urllib3
         from kubernetes import config
 
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # a throwaway self-signed server
         return config.new_client_from_config(config_file=str(self.kubeconfig))
