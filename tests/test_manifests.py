@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from k8s.fixtures import install_crds
 
 pytest_plugins = ["k8s.fixtures"]  # cluster
 
@@ -71,7 +73,7 @@ def test_custom_resources_match_their_crd_schema(path):
 
 
 def test_crds_are_structural_with_status_subresource_and_printer_columns():
-    for kind, crd in CRDS.items():
+    for crd in CRDS.values():
         assert crd["spec"]["group"] == "modeldepot.io" and crd["spec"]["scope"] == "Cluster"
         version = crd["spec"]["versions"][0]
         assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
@@ -121,8 +123,6 @@ KSERVE_CSC_CRD = {
 def test_every_manifest_is_accepted_by_the_apiserver(cluster):
     from kubernetes import client, dynamic, utils
 
-    from k8s.fixtures import install_crds
-
     api = cluster.api_client()
     install_crds(api)
     try:
@@ -140,8 +140,6 @@ def test_every_manifest_is_accepted_by_the_apiserver(cluster):
                     resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
                     break
                 except Exception:  # noqa: BLE001 - ResourceNotFoundError until discovery refreshes
-                    import time
-
                     time.sleep(0.2)
                     dyn = dynamic.DynamicClient(api)
             resource.create(body=doc)

@@ -40,11 +40,11 @@ def free_port_run(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def _kill(pid: int | None) -> None:
+def _kill(pid: int | None, sig: int = signal.SIGTERM) -> None:
     if not pid:
         return
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
         return
     for _ in range(100):
@@ -92,7 +92,8 @@ class LocalCluster:
         return self
 
     def stop_apiserver(self) -> None:
-        _kill(self.api_pid)
+        # Like a crash (and fast: a graceful apiserver shutdown waits seconds); etcd keeps the data.
+        _kill(self.api_pid, signal.SIGKILL)
         self.api_pid = None
 
     def start_apiserver(self) -> None:
