@@ -8,9 +8,11 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import typer
+import urllib3
 
 
 def _labels(pairs: list[str] | None) -> dict[str, str]:
@@ -52,7 +54,10 @@ def agent(
     logging.basicConfig(level=os.environ.get("MODELDEPOT_LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("modeldepot.agent")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its per-attempt retry lines; ours say it once
     node = node or socket.gethostname()
+    # urllib3 repeats this on every request to a server whose kubeconfig skips TLS checks: once is enough.
+    warnings.simplefilter("once", urllib3.exceptions.InsecureRequestWarning)
     try:
         store = Store(root, capacity=parse_size(capacity) if capacity else None)
     except Exception as exc:  # noqa: BLE001 - one line at the CLI edge

@@ -141,15 +141,19 @@ def test_credentials_come_from_the_named_secret_and_never_reach_status(tmp_path,
         "127.0.0.1-headers": base64.b64encode(json.dumps({"Authorization": token}).encode()).decode()}})
     kube.core.create_namespaced_secret(ns, {"metadata": {"name": "wrong"}, "data": {
         "127.0.0.1-headers": base64.b64encode(json.dumps({"Authorization": token + "x"}).encode()).decode()}})
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "reader"}, "secrets": [{"name": "web"}]})
     node, group = unique("node"), unique("g")
     kube.node(node, {"g": group})
     kube.group(group, {"storageLimit": "1Gi", "nodeSelector": {"g": group}})
-    good, bad = unique("good"), unique("bad")
+    good, via_sa, bad = unique("good"), unique("via-sa"), unique("bad")
     kube.cache(good, server.url("m.bin"), [group], credentials={"namespace": ns, "secretName": "web"})
+    kube.cache(via_sa, server.url("m.bin") + "?v=1", [group],
+               credentials={"namespace": ns, "serviceAccountName": "reader"})
     kube.cache(bad, server.url("m.bin") + "?v=2", [group], credentials={"namespace": ns, "secretName": "wrong"})
     agent = agents(node)
 
     kube.wait_node_state(good, node, DOWNLOADED)
+    kube.wait_node_state(via_sa, node, DOWNLOADED)
     status = kube.wait_node_state(bad, node, ERROR)
     assert "403" in status["nodeErrors"][node] or "denied" in status["nodeErrors"][node]
     everything = json.dumps([kube.get_cache(good), kube.get_cache(bad), kube.node_status(node),
