@@ -37,7 +37,6 @@ KSERVE_PIN = "kserve-storage==0.21.0"
 BUCKET = "bench"
 RSS_LIMIT_MB = 300
 VERIFY_LIMIT = 1.10
-NO_VERIFY_ENV = "MODELDEPOT_BENCH_NO_VERIFY"
 
 
 # -- scenarios ---------------------------------------------------------------------------------
@@ -99,6 +98,8 @@ class Tool:
             return ["sh", "-c", 'curl -sS -f -o "$1" "$2" && sync -d "$1"', "sh", str(out), src]
         if self.name == "kserve":
             return [str(KSERVE_VENV / "bin" / "python"), str(BENCH / "kserve_driver.py"), src, str(dest)]
+        if self.name == "modeldepot no-verify":
+            return [str(REPO / ".venv" / "bin" / "python"), str(BENCH / "noverify_driver.py"), src, str(dest)]
         return [str(REPO / ".venv" / "bin" / "storage-initializer"), src, str(dest)]
 
     def prewarm(self) -> list[str]:
@@ -111,19 +112,11 @@ class Tool:
             return [str(KSERVE_VENV / "bin" / "python"), "-c",
                     f"import kserve_storage, boto3, requests, botocore.session; {client}"]
         return [str(REPO / ".venv" / "bin" / "python"), "-c",
-                "import initializer.cli, storage.engine, storage.sources.s3, storage.sources.http, s3fs, "
+                "import initializer.cli, storage.engine, storage.sources.s3, storage.sources.http, "
                 f"urllib3, xxhash, botocore.session; {client}"]
 
 
-def engine_has_no_verify_switch() -> bool:
-    for path in (REPO / "storage").rglob("*.py"):
-        if NO_VERIFY_ENV in path.read_text(errors="replace"):
-            return True
-    return False
-
-
 def make_tools(kserve_reason: str | None) -> list[Tool]:
-    no_verify = None if engine_has_no_verify_switch() else f"N/A: the engine has no {NO_VERIFY_ENV} switch yet"
     return [
         Tool("curl", ("http",), available=None if shutil.which("curl") else "N/A: curl not installed"),
         Tool("curl + fsync", ("http",), warm=False,
@@ -131,7 +124,7 @@ def make_tools(kserve_reason: str | None) -> list[Tool]:
         Tool("kserve", ("http", "s3"), available=kserve_reason),
         Tool("modeldepot", ("http", "s3")),
         Tool("modeldepot fsync=0", ("http", "s3"), env={"MODELDEPOT_FSYNC": "0"}, warm=False),
-        Tool("modeldepot no-verify", ("http", "s3"), env={NO_VERIFY_ENV: "1"}, available=no_verify, warm=False),
+        Tool("modeldepot no-verify", ("http", "s3"), warm=False),
     ]
 
 
