@@ -191,5 +191,3 @@ def ensure(uri: str = typer.Argument(..., help="the model's source URI"), root: 
     _run(lambda: _records([_store(root, capacity).ensure(uri, pin=pin, progress=Progress(redact_uri(uri)))],
                           as_json))
 
-
-from cacheagent.agent_cli import agent  # noqa: F401, E402 - `modeldepot agent` (initializer.app mounts it)

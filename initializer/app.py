@@ -64,22 +64,16 @@ def demo(
     raise typer.Exit(run_demo(workdir))
 
 
-def _add_optional(name: str, module: str, attr: str) -> None:
-    """Sub-apps of the other front doors, when this build has them."""
-    import importlib
+def _mount_other_front_doors() -> None:
+    """The node store's commands and the agent live in cacheagent/; they mount here."""
+    from cacheagent.agent_cli import agent
+    from cacheagent.cli import cache_app
 
-    try:
-        sub = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return
-    if isinstance(sub, typer.Typer):
-        app.add_typer(sub, name=name)
-    else:
-        app.command(name=name)(sub)
+    app.add_typer(cache_app, name="cache")
+    app.command(name="agent")(agent)
 
 
-_add_optional("cache", "cacheagent.cli", "cache_app")
-_add_optional("agent", "cacheagent.cli", "agent")
+_mount_other_front_doors()
 
 
 def main() -> None:
