@@ -30,7 +30,7 @@ from storage.sources import open_source
 from storage.sources.base import RemoteFile, Source, redact_uri
 from storage.staging import Staging
 from storage.storageconfig import apply_storage_config, uri_with_bucket
-from storage.transfer import FileJob, Runner, call_with_retries, resilient_stream
+from storage.transfer import BOOT_ID, FileJob, Runner, call_with_retries, resilient_stream
 
 log = logging.getLogger("modeldepot")
 
@@ -217,7 +217,7 @@ class _Download:
         finished = {e["path"]: e for e in events if e.get("event") in ("file", "layer")}
         parts_done: dict[str, set[int]] = {}
         for e in events:
-            if e.get("event") == "part":
+            if e.get("event") == "part" and e.get("boot") == BOOT_ID:  # see FileJob.run_part
                 parts_done.setdefault(e["path"], set()).add(e["i"])
 
         unpacking = any(f.unpack for f in files)

@@ -312,3 +312,41 @@ def test_http_without_content_length_downloads_whole_file(http_model, fault_prox
     download(f"{proxy.url}/model.bin", dest, env=dict(FAST_RETRY_ENV))
     assert (dest / "model.bin").read_bytes() == BIG
     assert verify(dest) == []
+
+
+def _fail_after_two_parts(http_model, fault_proxy, tmp_path):
+    """A 4-part download whose parts 2 and 3 keep failing: parts 0 and 1 land in staging."""
+    proxy = fault_proxy(http_model.base_url)
+    late = lambda rec: _is_data_get(rec) and (rec.range_start or 0) >= 2 * MiB  # noqa: E731
+    proxy.add(Fault.status(503, method="GET", path=r"model\.bin$", count=100, when=late))
+    dest = tmp_path / "dest"
+    env = {**FAST_RETRY_ENV, "MODELDEPOT_RETRIES": "2"}
+    with pytest.raises(TransientExhaustedError):
+        download(f"{proxy.url}/model.bin", dest, part_size=MiB, concurrency=1, env=env)
+    proxy.clear_faults()
+    proxy.clear_log()
+    return proxy, dest, env
+
+
+def _early_part_gets(proxy):
+    return [r for r in _data_gets(proxy) if (r.range_start or 0) < 2 * MiB]
+
+
+def test_parts_finished_before_a_failure_are_not_fetched_again(http_model, fault_proxy, tmp_path):
+    proxy, dest, env = _fail_after_two_parts(http_model, fault_proxy, tmp_path)
+    download(f"{proxy.url}/model.bin", dest, part_size=MiB, concurrency=1, env=env)
+    assert (dest / "model.bin").read_bytes() == BIG and verify(dest) == []
+    assert _early_part_gets(proxy) == []
+
+
+def test_parts_recorded_before_a_reboot_are_fetched_again(http_model, fault_proxy, tmp_path):
+    # The page cache does not survive a power loss, so parts journaled in another boot are not
+    # trusted: only fdatasync'd whole files are.
+    proxy, dest, env = _fail_after_two_parts(http_model, fault_proxy, tmp_path)
+    journal = tmp_path / ".dest.modeldepot-staging" / "journal"
+    text = journal.read_text()
+    assert '"event":"part"' in text
+    journal.write_text(text.replace('"boot":"', '"boot":"another-boot-'))
+    download(f"{proxy.url}/model.bin", dest, part_size=MiB, concurrency=1, env=env)
+    assert (dest / "model.bin").read_bytes() == BIG and verify(dest) == []
+    assert len(_early_part_gets(proxy)) == 2
