@@ -108,10 +108,23 @@ class SpecDirSource:
             # No groups defined: every cache's groups select this node.
             names = {g for obj in caches.values() for g in (obj.get("spec") or {}).get("nodeGroups") or []}
             groups = {g: {"spec": {}} for g in names}
+        # On one machine a cache that names no group is meant for this machine.
+        caches = {name: _for_this_machine(obj) for name, obj in caches.items()}
+        groups = {**groups, _THIS_MACHINE: {"spec": {}}}
         return desired_caches(caches, groups, self.labels, self.node)
 
     def storage_limit(self) -> int | None:
         return node_storage_limit(self.groups, self.labels, self.node)
+
+
+_THIS_MACHINE = "modeldepot.io/this-machine"
+
+
+def _for_this_machine(obj: dict) -> dict:
+    spec = obj.get("spec") or {}
+    if spec.get("nodeGroups"):
+        return obj
+    return {**obj, "spec": {**spec, "nodeGroups": [_THIS_MACHINE]}}
 
 
 def _write_yaml(path: Path, doc: dict) -> None:

@@ -109,3 +109,18 @@ def test_periodic_verification_reports_a_corrupted_model(tmp_path):
         assert report["full"] is True
     finally:
         agent.stop()
+
+
+def test_standalone_keeps_a_cache_that_names_no_node_group_on_this_machine(tmp_path):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    src = write_tree(tmp_path / "m", {"w.bin": blob(20_000, seed="ng")})
+    (specs / "m.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "modeldepot.io/v1alpha1", "kind": "LocalModelCache", "metadata": {"name": "m"},
+        "spec": {"sourceModelUri": f"file://{src}", "modelSize": "1Mi"}}))
+    agent = start(tmp_path, specs)
+    try:
+        wait_for(lambda: status(specs, "m").get("nodeStatus") == {"here": "NodeDownloaded"}, 30, "m downloaded")
+        assert (tmp_path / "store" / "models" / key_for(f"file://{src}") / "w.bin").read_bytes() == blob(20_000, seed="ng")
+    finally:
+        agent.stop()
