@@ -7,7 +7,8 @@ files) and push to the same local docker-registry (127.0.0.1, filesystem storage
 own repository. modelcar adds a static busybox layer; olot layers onto an OCI layout holding the
 same busybox image (olot needs a base image). Then both re-push the unchanged model: modelcar
 should upload no blob. Prints one JSON document with the timings.
-Needs: docker-registry, skopeo, busybox-static (Debian); olot (PyPI; --olot names its script).
+Needs: docker-registry, skopeo, busybox-static (Debian); olot (PyPI: found on PATH, else installed into
+bench/.venv-olot on first use; --olot names another script).
 """
 
 from __future__ import annotations
@@ -58,15 +59,30 @@ def run(argv: list[str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
+OLOT_VENV = Path(__file__).resolve().parent / ".venv-olot"
+
+
+def ensure_olot() -> str:
+    """olot from PATH, else from bench/.venv-olot, created on first use (like the kserve venv)."""
+    found = shutil.which("olot") or (str(OLOT_VENV / "bin" / "olot") if (OLOT_VENV / "bin" / "olot").exists() else None)
+    if found:
+        return found
+    print(f"bench: installing olot into {OLOT_VENV} (once) …", flush=True)
+    subprocess.run(["python3", "-m", "venv", str(OLOT_VENV)], check=True)
+    subprocess.run([str(OLOT_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "olot"], check=True)
+    return str(OLOT_VENV / "bin" / "olot")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-gb", type=float, default=4.0)
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--olot", default=shutil.which("olot") or "olot")
+    ap.add_argument("--olot", default=None, help="olot's script (default: PATH, else bench/.venv-olot)")
     ap.add_argument("--busybox", default=shutil.which("busybox") or "/bin/busybox")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--jobs", type=int, default=4)
     args = ap.parse_args()
+    args.olot = args.olot or ensure_olot()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-modelcar-"))
     work.mkdir(parents=True, exist_ok=True)
