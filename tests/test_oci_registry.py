@@ -381,3 +381,25 @@ def test_cli_pull_and_inspect(registry, model, tmp_path):
     run = subprocess.run([exe, "inspect", f"{registry.host}/models/cli-pull:missing", "--insecure"],
                          capture_output=True, text=True, env=env)
     assert run.returncode != 0 and run.stderr.count("\n") == 1 and "not found" in run.stderr
+
+
+def test_oci_image_through_the_node_store_is_deduplicated_and_served_offline(registry, model, tmp_path):
+    from cacheagent.initializer_hook import download_via_cache
+    from cacheagent.store import Store
+
+    ref = f"{registry.host}/models/cached:v1"
+    b = built(model, tmp_path, ref, compression="gzip")
+    push(b.layout, ref, insecure=True, env=insecure_env())
+    store = Store(tmp_path / "store")
+    record = store.ensure(f"oci://{ref}", env=insecure_env())
+    published = tmp_path / "store" / "models" / record.key
+    assert files_of(published) == files_of(model)
+    # The same weights under a second tag are stored once: one blob, linked from both models.
+    ref2 = f"{registry.host}/models/cached:v2"
+    push(b.layout, ref2, insecure=True, env=insecure_env())
+    second = store.ensure(f"oci://{ref2}", env=insecure_env())
+    weights = (tmp_path / "store" / "models" / second.key / "weights.bin").stat()
+    assert weights.st_ino == (published / "weights.bin").stat().st_ino and weights.st_nlink >= 3
+    # A hit materializes DEST from the store, keeping the image digest as the revision.
+    manifest = download_via_cache(f"oci://{ref}", tmp_path / "dest", tmp_path / "store", env=insecure_env())
+    assert manifest.revision == b.digest and files_of(tmp_path / "dest") == files_of(model)
