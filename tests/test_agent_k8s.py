@@ -190,7 +190,7 @@ def test_watch_recovers_after_apiserver_restart_and_relists_on_410_gone(tmp_path
 
 
 def test_agent_keeps_its_store_through_an_apiserver_outage_and_catches_up(tmp_path, cluster, kube, agents):
-    """The brief asks for 30 s; 10 s keeps CI fast and spans several watch retries (backoff caps at 5 s)."""
+    """30 s without an API server, as the issue asks: several watch retries (backoff caps at 5 s)."""
     node, group = unique("node"), unique("g")
     kube.node(node, {"g": group})
     kube.group(group, {"storageLimit": "1Gi", "nodeSelector": {"g": group}})
@@ -202,7 +202,7 @@ def test_agent_keeps_its_store_through_an_apiserver_outage_and_catches_up(tmp_pa
 
     cluster.stop_apiserver()
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert agent.proc.poll() is None
             assert agent.get("/healthz")[0] == 200
