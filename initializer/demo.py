@@ -47,6 +47,17 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
+    def do_HEAD(self) -> None:
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(path.stat().st_size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", f'"{int(path.stat().st_mtime_ns)}-{path.stat().st_size}"')
+        self.end_headers()
+
     def do_GET(self) -> None:
         path = Path(self.translate_path(self.path))
         if not path.is_file():
@@ -60,6 +71,7 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
             start, end, status = int(a or 0), min(int(b) if b else size - 1, size - 1), 206
         self.send_response(status)
         self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{int(path.stat().st_mtime_ns)}-{size}"')
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
