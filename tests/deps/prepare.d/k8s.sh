@@ -3,7 +3,7 @@
 # ~2 GB the first time, nothing afterwards. On a developer's machine a failed build is not fatal
 # (those tests then skip and say why); in CI it is, so the agent tests can never skip silently.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../../.."  # the repository root
 [ -x tests/k8s/.bin/kube-apiserver ] && exit 0
 # A machine that built it once (for another checkout) keeps a copy outside the work tree.
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/modeldepot/kube-apiserver-v1.20.2"
