@@ -28,8 +28,8 @@ from urllib.parse import quote
 import urllib3
 
 from storage.errors import AccessDeniedError, BadURIError, NotFoundError, StorageError, TransientError
-from storage.sources.base import CHUNK, Listing, RemoteFile, Source, safe_relpath
-from storage.sources.streaming import body_range
+from storage.sources.base import Listing, RemoteFile, Source, safe_relpath
+from storage.sources.streaming import urllib3_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -184,22 +184,12 @@ class HFSource(Source):
             return
         url = f"{self.endpoint}/{self.repo}/resolve/{self.sha or quote(self.revision, safe='')}/{quote(file.key, safe='/')}"
         resp = self._get(url, {"Range": f"bytes={start}-{'' if end is None else end - 1}"}, stream=True)
-        finished = False
-        try:
-            if resp.status not in (200, 206):
+        if resp.status not in (200, 206):
+            try:
                 raise self._error(resp, file.path)
-            received = 0
-            for chunk in body_range(lambda: resp.read(CHUNK, decode_content=False), resp.status, start, end):
-                received += len(chunk)
-                yield chunk
-            finished = end is None or (resp.status == 206 and received == end - start)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"{self.describe()}: {type(exc).__name__} while reading {file.path}") from None
-        finally:
-            if finished:
-                resp.release_conn()
-            else:
+            finally:
                 resp.close()
+        yield from urllib3_range(resp, start, end, f"{self.describe()}: {file.path}")
 
     def close(self) -> None:
         self.pool.clear()

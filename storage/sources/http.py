@@ -25,8 +25,8 @@ from storage.errors import (
     TransientError,
 )
 from storage.hashing import normalize_md5
-from storage.sources.base import CHUNK, Listing, RemoteFile, Source, safe_relpath
-from storage.sources.streaming import body_range
+from storage.sources.base import Listing, RemoteFile, Source, safe_relpath
+from storage.sources.streaming import urllib3_range
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+|\*)")
 
@@ -161,24 +161,13 @@ class HTTPSource(Source):
         if end is not None and end <= start:
             return
         resp = self._request("GET", headers)
-        finished = False
         try:
             if resp.status == 412:
                 raise IntegrityError(f"{self.describe()}: the file changed on the server during the download; "
                                      "run it again")
             if resp.status not in (200, 206):
                 raise status_error(resp.status, self.describe())
-            received = 0
-            for chunk in body_range(lambda: resp.read(CHUNK, decode_content=False), resp.status, start, end):
-                received += len(chunk)
-                yield chunk
-            finished = end is None or (resp.status == 206 and received == end - start)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"{self.describe()}: {type(exc).__name__} while reading {file.path}") from None
-        finally:
-            # A fully read ranged response can go back to the pool; anything else may still have
-            # body bytes in flight, so its connection is closed rather than reused.
-            if finished:
-                resp.release_conn()
-            else:
-                resp.close()
+        except BaseException:
+            resp.close()
+            raise
+        yield from urllib3_range(resp, start, end, f"{self.describe()}: {file.path}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from storage.errors import TransientError
+
 
 def body_range(read_chunk: Callable[[], bytes], status: int, start: int, end: int | None) -> Iterator[bytes]:
     """Bytes ``[start, end)`` from a body that answered a ranged GET with ``status``.
@@ -41,3 +43,29 @@ async def read_up_to(body, n: int) -> bytes:
         parts.append(data)
         got += len(data)
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def urllib3_range(resp, start: int, end: int | None, what: str) -> Iterator[bytes]:
+    """``body_range`` over a urllib3 response (status already checked), in 1 MiB chunks.
+
+    Network failures become TransientError naming ``what``. A fully read ranged response goes back
+    to the pool; anything else may still have body bytes in flight, so its connection is closed.
+    """
+    import urllib3
+
+    from storage.sources.base import CHUNK
+
+    finished = False
+    try:
+        received = 0
+        for chunk in body_range(lambda: resp.read(CHUNK, decode_content=False), resp.status, start, end):
+            received += len(chunk)
+            yield chunk
+        finished = end is None or (resp.status == 206 and received == end - start)
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(f"{what}: {type(exc).__name__} while reading") from None
+    finally:
+        if finished:
+            resp.release_conn()
+        else:
+            resp.close()
