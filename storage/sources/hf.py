@@ -29,7 +29,7 @@ import urllib3
 
 from storage.errors import AccessDeniedError, BadURIError, NotFoundError, StorageError, TransientError
 from storage.sources.base import Listing, RemoteFile, Source, safe_relpath
-from storage.sources.streaming import urllib3_range
+from storage.sources.streaming import urllib3_pool, urllib3_range
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -67,14 +67,7 @@ class HFSource(Source):
             raise BadURIError(f"HF_ENDPOINT={self.endpoint!r} is not an http(s) URL")
         self.token = self.env.get("HF_TOKEN") or self.env.get("HUGGING_FACE_HUB_TOKEN") or ""
         self.sha: str | None = None
-        s = self.settings
-        self.pool = urllib3.PoolManager(
-            maxsize=max(4, s.concurrency),
-            block=False,
-            timeout=urllib3.Timeout(connect=s.connect_timeout, read=s.stall_timeout),
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10,
-                                  raise_on_redirect=True, raise_on_status=False),
-        )
+        self.pool = urllib3_pool(self.settings)
 
     def secrets(self) -> list[str]:
         return [self.token] if self.token else []

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-import threading
 from collections.abc import Iterator
 from urllib.parse import unquote, urlsplit
 
@@ -26,7 +25,7 @@ from storage.errors import (
 )
 from storage.hashing import normalize_md5
 from storage.sources.base import Listing, RemoteFile, Source, safe_relpath
-from storage.sources.streaming import urllib3_range
+from storage.sources.streaming import urllib3_pool, urllib3_range
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:\d+-\d+|\*)/(\d+|\*)")
 
@@ -50,15 +49,7 @@ class HTTPSource(Source):
             raise BadURIError(f"{self.describe()}: expected http(s)://HOST/PATH")
         self.headers = self._headers(parts.hostname)
         self.supports_ranges = True
-        self._local = threading.local()
-        s = self.settings
-        self.pool = urllib3.PoolManager(
-            maxsize=max(4, s.concurrency),
-            block=False,
-            timeout=urllib3.Timeout(connect=s.connect_timeout, read=s.stall_timeout),
-            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10,
-                                  raise_on_redirect=True, raise_on_status=False),
-        )
+        self.pool = urllib3_pool(self.settings)
 
     def _headers(self, hostname: str) -> dict[str, str]:
         raw = self.env.get(f"{hostname}-headers")

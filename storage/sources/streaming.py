@@ -69,3 +69,18 @@ def urllib3_range(resp, start: int, end: int | None, what: str) -> Iterator[byte
             resp.release_conn()
         else:
             resp.close()
+
+
+def urllib3_pool(settings):
+    """A connection pool for one download: a connection per worker, the engine's timeouts (the
+    read timeout is the stall timeout), redirects followed, and no retries of its own — the engine
+    retries, resuming by range."""
+    import urllib3
+
+    return urllib3.PoolManager(
+        maxsize=max(4, settings.concurrency),
+        block=False,
+        timeout=urllib3.Timeout(connect=settings.connect_timeout, read=settings.stall_timeout),
+        retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10,
+                              raise_on_redirect=True, raise_on_status=False),
+    )
