@@ -61,6 +61,21 @@ def parse_patterns(value: str | None) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
 
+def json_object_env(env: Mapping[str, str], name: str, expected: str) -> dict:
+    """The JSON object in variable ``name`` ({} when unset or blank); BadURIError saying
+    ``expected`` when it is not one. The value itself is never echoed: it may hold secrets."""
+    raw = env.get(name)
+    if not raw or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise BadURIError(f"{name} is not {expected}")
+    return value
+
+
 def _flag(value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default

@@ -52,6 +52,7 @@ import json
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from storage.config import json_object_env
 from storage.errors import BadURIError
 
 _TYPES = {
@@ -108,16 +109,7 @@ def _scheme_type(uri: str) -> str | None:
 
 
 def _load(env: Mapping[str, str], name: str) -> dict:
-    raw = env.get(name)
-    if not raw or not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        raise BadURIError(f"{name} is not valid JSON; it must be one storage-config entry, a JSON object") from None
-    if not isinstance(value, dict):
-        raise BadURIError(f"{name} must be a JSON object (one storage-config entry)")
-    return value
+    return json_object_env(env, name, "a JSON object (one storage-config entry)")
 
 
 def _text(value) -> str:

@@ -7,7 +7,6 @@ Headers come from KServe's ``<hostname>-headers`` variable (a JSON object) and a
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import urllib3
 
+from storage.config import json_object_env
 from storage.errors import (
     AccessDeniedError,
     BadURIError,
@@ -52,15 +52,7 @@ class HTTPSource(Source):
         self.pool = urllib3_pool(self.settings)
 
     def _headers(self, hostname: str) -> dict[str, str]:
-        raw = self.env.get(f"{hostname}-headers")
-        if not raw:
-            return {}
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            raise BadURIError(f"{hostname}-headers is not a JSON object of header names to values") from None
-        if not isinstance(value, dict):
-            raise BadURIError(f"{hostname}-headers is not a JSON object of header names to values")
+        value = json_object_env(self.env, f"{hostname}-headers", "a JSON object of header names to values")
         return {str(k): str(v) for k, v in value.items()}
 
     def _request(self, method: str, headers: dict[str, str]):
