@@ -105,11 +105,13 @@ class Store:
         if manifest is None or storage.verify(ingest, full=False):
             self._precheck(key, uri, env, include, exclude)
             _crashpoint("download")
+            # Durable whatever MODELDEPOT_FSYNC says: the store outlives pods and hands its blobs
+            # to many of them by hard link, so a power loss must not tear one.
             manifest = storage.download(uri, ingest, include=include or None, exclude=exclude or None,
-                                        concurrency=concurrency, part_size=part_size, env=env,
-                                        progress=progress)
+                                        concurrency=concurrency, part_size=part_size,
+                                        env={**env, "MODELDEPOT_FSYNC": "1"}, progress=progress)
         _crashpoint("downloaded")
-        self.commit(key, durable=Settings.from_env(env).fsync)
+        self.commit(key, durable=True)
         _crashpoint("published")
 
     def commit(self, key: str, *, durable: bool = True) -> None:

@@ -9,7 +9,7 @@
 | MODELDEPOT_STALL_TIMEOUT        | 60      | seconds without a byte before a read is retried        |
 | MODELDEPOT_CONNECT_TIMEOUT      | 20      | seconds to connect                                     |
 | MODELDEPOT_PROGRESS_INTERVAL    | 5       | seconds between progress log lines without a TTY       |
-| MODELDEPOT_FSYNC                | 1       | fsync files before publishing (0 skips: faster, not crash-durable) |
+| MODELDEPOT_FSYNC                | 0       | 1: fdatasync every file before publishing, so DEST survives a power loss. 0: no sync; the manifest records the boot it was written in, and a run in a later boot re-hashes DEST before trusting it |
 | MODELDEPOT_PVC_ROOT             | /mnt/pvc| where pvc://NAME/PATH volumes are mounted (KServe's)   |
 | STORAGE_ALLOW_PATTERNS          |         | KServe: globs to keep (JSON list or comma-separated)   |
 | STORAGE_IGNORE_PATTERNS         |         | KServe: globs to drop (JSON list or comma-separated)   |
@@ -92,7 +92,7 @@ class Settings:
     stall_timeout: float = 60.0
     connect_timeout: float = 20.0
     progress_interval: float = 5.0
-    fsync: bool = True
+    fsync: bool = False
     pvc_root: str = "/mnt/pvc"
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()

@@ -24,11 +24,11 @@ from storage.archive import archive_kind, extract_tar, extract_zip
 from storage.config import Settings
 from storage.errors import BadURIError, IntegrityError, NotFoundError, StorageError, UnsafeArchiveError
 from storage.hashing import checker_value, new_checker, xxh3_file
-from storage.manifest import FileEntry, Manifest, read_manifest
+from storage.manifest import FileEntry, Manifest, manifest_path, read_manifest, write_manifest
 from storage.progress import NullProgress, Progress
 from storage.sources import open_source
 from storage.sources.base import RemoteFile, Source, redact_uri
-from storage.staging import Staging
+from storage.staging import Staging, fsync_dir
 from storage.storageconfig import apply_storage_config, uri_with_bucket
 from storage.transfer import BOOT_ID, FileJob, Runner, call_with_retries, resilient_stream
 
@@ -184,6 +184,27 @@ class _Download:
                 return False
         return True
 
+    def recheck_after_reboot(self, existing: Manifest | None) -> Manifest | None:
+        """DEST published unsynced in an earlier boot: a power loss may have torn pages the kernel
+        had not written, so re-hash every file (the caller holds DEST's lock). All intact: the
+        manifest loses its boot mark (the bytes were just read back from disk, so they are on it)
+        and DEST counts as complete. Otherwise DEST's manifest is removed at once — DEST reads as
+        incomplete until the damaged files are fetched again — and the intact files are returned
+        for the transfer to reuse."""
+        if existing is None or not existing.needs_rehash():
+            return existing
+        log.info("%s: %s was written before a reboot without fsync; re-hashing it", self.what, self.dest)
+        good = [e for e in existing.files if _intact(self.dest / e.path, e)]
+        if len(good) == len(existing.files):
+            existing.unsynced_boot = None
+            write_manifest(self.dest, existing, durable=True)
+            return existing
+        log.warning("%s: %d of %d files in %s changed since they were written (power loss?); fetching "
+                    "them again", self.what, len(existing.files) - len(good), len(existing.files), self.dest)
+        manifest_path(self.dest).unlink(missing_ok=True)
+        fsync_dir(manifest_path(self.dest).parent)
+        return dataclasses.replace(existing, files=good, archive=None, unsynced_boot=None)
+
     @staticmethod
     def _layer_identity(f: RemoteFile) -> dict:
         return {"path": f.path, "size": f.size, "unpack": f.unpack, "prefix": f.unpack_prefix, **_source_identity(f)}
@@ -192,12 +213,13 @@ class _Download:
     def run(self) -> Manifest:
         files, revision = self.plan()
         existing = read_manifest(self.dest)
-        if self.up_to_date(existing, files, revision):
+        if existing is not None and not existing.needs_rehash() and self.up_to_date(existing, files, revision):
             log.info("%s: %s is complete and unchanged; nothing to transfer", self.what, self.dest)
             return existing
         with Staging(self.dest, durable=self.settings.fsync) as st:
             st.finish_interrupted_publish()
             existing = read_manifest(self.dest)  # another writer may have finished while we waited
+            existing = self.recheck_after_reboot(existing)
             if self.up_to_date(existing, files, revision):
                 return existing
             try:
@@ -214,11 +236,17 @@ class _Download:
         live = set(idents.values())
         events = [e for e in events if e.get("id") in live]
         st.reset_journal(events)
-        finished = {e["path"]: e for e in events if e.get("event") in ("file", "layer")}
+        # Parts are journaled with the boot they were written in and trusted only within it (the
+        # page cache survives kill -9, not a power loss); so are files and layers written without
+        # fdatasync. A file record without a boot was synced before it was written.
+        finished = {e["path"]: e for e in events
+                    if e.get("event") in ("file", "layer") and e.get("boot", BOOT_ID) == BOOT_ID}
         parts_done: dict[str, set[int]] = {}
         for e in events:
             if e.get("event") == "part" and e.get("boot") == BOOT_ID:  # see FileJob.run_part
                 parts_done.setdefault(e["path"], set()).add(e["i"])
+        durable = self.settings.fsync
+        record = st.record if durable else (lambda **e: st.record(**{"boot": BOOT_ID, **e}))
 
         unpacking = any(f.unpack for f in files)
         if not unpacking:
@@ -252,15 +280,17 @@ class _Download:
             prior = old.get(f.path)
             if prior is not None and prior.source == _source_identity(f) and prior.size == f.size \
                     and _link(self.dest / f.path, target):
+                if durable and existing.unsynced_boot is not None:
+                    _fdatasync(target)  # reused from a DEST published unsynced in this boot
                 results[f.path] = (prior.size, prior.xxh3_128)
-                st.record(event="file", path=f.path, id=ident, size=prior.size, xxh3=prior.xxh3_128)
+                record(event="file", path=f.path, id=ident, size=prior.size, xxh3=prior.xxh3_128)
                 already += prior.size
                 continue
             if local_path is not None and _link(Path(local_path(f)), target):
                 deferred.append((self._hash_linked_task, st, f, ident, target, results))
                 continue
             job = FileJob(f, target, self.settings.part_size, self.source.supports_ranges,
-                          parts_done.get(f.path, set()), st.record, ident, self.settings.fsync)
+                          parts_done.get(f.path, set()), record, ident, durable)
             already += job.resumed_bytes
             jobs.append(job)
 
@@ -360,8 +390,9 @@ class _Download:
             for algo, c in checkers.items():
                 if checker_value(algo, c) != f.checksums[algo]:
                     raise IntegrityError(f"{what}: failed its {algo} check; the archive or layer is corrupt")
+        # Extracted files are not fdatasync'd one by one: the record holds only within this boot.
         st.record(event="layer", path=f.path, id=ident, files={k: list(v) for k, v in out.files.items()},
-                  links=out.links, whiteouts=out.whiteouts)
+                  links=out.links, whiteouts=out.whiteouts, boot=BOOT_ID)
         layer_results[index] = out
         self.progress.file_done()
 
@@ -391,6 +422,9 @@ class _Download:
             merged.update(out.files)
             links.update(out.links)
         shutil.rmtree(st.layers, ignore_errors=True)
+        if self.settings.fsync:  # extraction writes without syncing; a durable publish needs the data
+            for rel in merged:
+                _fdatasync(st.tree / rel)
         entries = [FileEntry(path=p, size=s, xxh3_128=d) for p, (s, d) in sorted(merged.items())]
         if not entries:
             raise NotFoundError(f"{self.what}: the archive or image holds no files"
@@ -404,6 +438,21 @@ def _layer_from_event(event: dict):
 
     return Extracted(files={k: (v[0], v[1]) for k, v in event.get("files", {}).items()},
                      links=dict(event.get("links", {})), whiteouts=list(event.get("whiteouts", [])))
+
+
+def _intact(path: Path, entry: FileEntry) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == entry.size and xxh3_file(path) == entry.xxh3_128
+    except OSError:
+        return False
+
+
+def _fdatasync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _link(src: Path, dst: Path) -> bool:

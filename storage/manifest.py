@@ -3,6 +3,11 @@
 Written last and atomically. It records the source URI (redacted), the resolved revision, and per
 file the relative path, size, xxh3-128 and the checksum/etag the source offered. ``verify``
 re-hashes DEST against it; the node store links blobs by its xxh3 values.
+
+``unsynced_boot`` is set when DEST was published without fdatasync (MODELDEPOT_FSYNC=0, the
+default): the kernel's boot id at publish time. Within that boot the page cache is the truth, so
+sizes suffice; after a reboot (a power loss may have torn unwritten pages) DEST is trusted only
+once it has been re-hashed — the engine does that on the next run, ``verify`` always does.
 """
 
 from __future__ import annotations
@@ -18,6 +23,18 @@ from storage.hashing import xxh3_file
 FORMAT = 1
 META_DIR = ".modeldepot"
 MANIFEST_NAME = "manifest.json"
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+#: Changes at every boot: data written but not synced in another boot may be torn.
+BOOT_ID = _boot_id()
 
 
 @dataclass
@@ -37,6 +54,11 @@ class Manifest:
     links: dict[str, str] = field(default_factory=dict)  # in-tree symlinks (from archives): path -> target
     format: int = FORMAT
     created: str = ""
+    unsynced_boot: str | None = None  # boot id when published without fdatasync; see the module doc
+
+    def needs_rehash(self) -> bool:
+        """Published without sync in an earlier boot: sizes prove nothing, contents must be hashed."""
+        return self.unsynced_boot is not None and self.unsynced_boot != BOOT_ID
 
     @property
     def total_bytes(self) -> int:
@@ -91,12 +113,15 @@ def verify(dest: str | os.PathLike, *, full: bool = True) -> list[str]:
     """Check DEST against its manifest; return the problems found (empty when it matches).
 
     Each problem is one line starting with the relative path. ``full=False`` checks presence and
-    sizes only (no re-hash). Files DEST holds that the manifest does not list are problems too.
+    sizes only (no re-hash) — unless DEST was published unsynced in an earlier boot, where sizes
+    prove nothing and every file is re-hashed. Files DEST holds that the manifest does not list
+    are problems too.
     """
     dest = Path(dest)
     manifest = read_manifest(dest)
     if manifest is None:
         return [f"{META_DIR}/{MANIFEST_NAME}: missing or unreadable; DEST was never completed by modeldepot"]
+    full = full or manifest.needs_rehash()
     problems: list[str] = []
     listed = manifest.by_path()
     for rel, entry in sorted(listed.items()):

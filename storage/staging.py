@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from storage.errors import DestinationError
-from storage.manifest import META_DIR, Manifest, manifest_path, read_manifest, write_manifest
+from storage.manifest import BOOT_ID, META_DIR, Manifest, manifest_path, read_manifest, write_manifest
 
 log = logging.getLogger("modeldepot")
 
@@ -158,7 +158,9 @@ class Staging:
         return True
 
     def publish(self, manifest: Manifest) -> None:
-        """Make ``tree`` the content of DEST, the manifest last. Removes staging on success."""
+        """Make ``tree`` the content of DEST, the manifest last. Removes staging on success.
+        Without durability the manifest records this boot, so a later boot re-hashes DEST."""
+        manifest.unsynced_boot = None if self.durable else BOOT_ID
         write_manifest(self.tree, manifest, durable=self.durable)
         if self.durable:
             _fsync_dirs(self.tree)
