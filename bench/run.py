@@ -123,7 +123,7 @@ def make_tools(kserve_reason: str | None) -> list[Tool]:
              available=None if shutil.which("curl") else "N/A: curl not installed"),
         Tool("kserve", ("http", "s3"), available=kserve_reason),
         Tool("modeldepot", ("http", "s3")),
-        Tool("modeldepot fsync=0", ("http", "s3"), env={"MODELDEPOT_FSYNC": "0"}, warm=False),
+        Tool("modeldepot fsync=1", ("http", "s3"), env={"MODELDEPOT_FSYNC": "1"}, warm=False),
         Tool("modeldepot no-verify", ("http", "s3"), warm=False),
     ]
 
@@ -558,13 +558,15 @@ def summarize(results: list[Result], scs: dict[str, Scenario]) -> list[dict]:
         md = by.get((name, "cold", "modeldepot"))
         if md is None:
             continue
-        for other, label, limit in (("modeldepot no-verify", "verification overhead", VERIFY_LIMIT),
-                                    ("modeldepot fsync=0", "fsync overhead", None)):
-            o = by.get((name, "cold", other))
-            if o is None:
+        # (numerator, denominator): verification = default ÷ no-verify; fsync = fsync=1 ÷ default
+        for num, den, label, limit in ((md, by.get((name, "cold", "modeldepot no-verify")),
+                                        "verification overhead", VERIFY_LIMIT),
+                                       (by.get((name, "cold", "modeldepot fsync=1")), md, "fsync overhead", None)):
+            if num is None or den is None:
                 continue
-            if md.median_s and o.median_s:
-                f = md.median_s / o.median_s
+            o = den if num is md else num
+            if num.median_s and den.median_s:
+                f = num.median_s / den.median_s
                 v = (f"{'ok' if f <= limit else 'MISS'} ≤{limit}×" if limit else "info")
                 rows.append({"scenario": sc.title, "phase": "cold", "tool": label, "median_s": None, "mbps": None,
                              "ratio": f, "rss_mb": None, "verdict": f"{v} (time with ÷ without)"})
