@@ -69,6 +69,7 @@ class SeaweedS3:
         }
         argv = [
             weed_binary(),
+            f"-logdir={self.workdir}",  # glog writes weed.* files to /tmp otherwise, never removed
             "mini",
             f"-dir={self.datadir}",
             "-ip=127.0.0.1",
