@@ -20,6 +20,10 @@ from support.s3server import ACCESS_KEY, REGION, SECRET_KEY, SeaweedS3
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The kube-apiserver fixtures (cluster, kube, agents), registered here so pytest rewrites their
+# asserts before any test module imports helpers from them.
+pytest_plugins = ["k8s.fixtures"]
+
 # Engine knobs that keep failure tests fast: tiny backoff, short stall timeout, few attempts.
 FAST_RETRY_ENV = {
     "MODELDEPOT_BACKOFF_BASE": "0.01",

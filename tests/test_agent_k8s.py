@@ -20,8 +20,6 @@ from support.models import blob, write_tree
 
 from cacheagent.store import key_for
 
-pytest_plugins = ["k8s.fixtures"]  # cluster, kube, agents
-
 DOWNLOADED, DOWNLOADING, ERROR = "NodeDownloaded", "NodeDownloading", "NodeDownloadError"
 
 

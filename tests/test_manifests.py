@@ -12,8 +12,6 @@ import pytest
 import yaml
 from k8s.fixtures import install_crds
 
-pytest_plugins = ["k8s.fixtures"]  # cluster
-
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
 FILES = sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml")
 CRDS = {yaml.safe_load(p.read_text())["spec"]["names"]["kind"]: yaml.safe_load(p.read_text())
