@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import struct
+import zlib
 
 import xxhash
 
@@ -26,21 +28,78 @@ def xxh3_file(path: str | os.PathLike, start: int = 0) -> str:
     return h.hexdigest()
 
 
+#: Algorithms whose values are base64 of the big-endian digest (as S3, GCS and Azure send them);
+#: the others are lowercase hex.
+BASE64_ALGORITHMS = ("crc32", "crc32c")
+
+#: Rough hashing speed in GB/s on one core of the benchmark machine, for choosing which of two
+#: checksums of the same bytes to compute. CRC32C counts only with its C implementation (see
+#: ``fast_crc32c``). CRC64NVME (S3's default for objects uploaded without a checksum) is absent:
+#: nothing installed computes it at a useful speed.
+SPEED = {"crc32c": 5.0, "crc32": 2.7, "sha1": 1.2, "sha256": 1.1, "md5": 0.46}
+
+
 def new_checker(algorithm: str):
     """A streaming hasher for a source checksum algorithm, or None when we cannot check it."""
     if algorithm == "md5":
         return hashlib.md5(usedforsecurity=False)
     if algorithm == "sha256":
         return hashlib.sha256()
+    if algorithm == "sha1":
+        return hashlib.sha1(usedforsecurity=False)
+    if algorithm == "crc32":
+        return _Crc32()
     if algorithm == "crc32c":
         return _Crc32c()
     return None
 
 
 def checker_value(algorithm: str, hasher) -> str:
-    if algorithm == "crc32c":
+    if algorithm in BASE64_ALGORITHMS:
         return hasher.b64()
     return hasher.hexdigest()
+
+
+def checksum_matches(algorithm: str, got: str, want: str) -> bool:
+    """``got`` (from checker_value) against the source's ``want``: base64 exactly, hex in any case."""
+    if algorithm in BASE64_ALGORITHMS:
+        return got == want
+    return got.lower() == want.lower()
+
+
+@functools.cache
+def fast_crc32c() -> bool:
+    """True when CRC32C runs in C (google-crc32c's extension). Its pure-Python fallbacks, ours and
+    google-crc32c's, run at a few MB/s: slower than MD5 by two orders of magnitude."""
+    try:
+        import google_crc32c
+    except ImportError:  # pragma: no cover - depends on the environment
+        return False
+    return getattr(google_crc32c, "implementation", None) == "c"
+
+
+def _speed(algorithm: str) -> float:
+    if algorithm == "crc32c" and not fast_crc32c():
+        return 0.005
+    return SPEED.get(algorithm, 0.0)
+
+
+def cheaper_checksum(offered: dict[str, str], current) -> tuple[str, str] | None:
+    """The fastest (algorithm, value) in ``offered`` worth computing instead of the checksums
+    ``current`` (algorithm names): one we compute at speed and faster than every current one;
+    None when there is none (then keep ``current``)."""
+    best = max((a for a, v in offered.items() if v and _speed(a) >= 0.1), key=_speed, default=None)
+    if best is None or any(_speed(a) >= _speed(best) for a in current):
+        return None
+    return best, offered[best]
+
+
+def b64_digest_to_hex(value: str) -> str | None:
+    """A base64 digest (S3's x-amz-checksum-sha256 and the like) as lowercase hex; None if not base64."""
+    try:
+        return base64.b64decode(value.strip(), validate=True).hex()
+    except ValueError:
+        return None
 
 
 def normalize_md5(value: str) -> str | None:
@@ -69,9 +128,25 @@ def s3_etag_md5(etag: str | None) -> str | None:
     return normalize_md5(value)
 
 
+class _Crc32:
+    """CRC32 (zlib's, as S3's x-amz-checksum-crc32), streaming; zlib releases the GIL on big buffers."""
+
+    __slots__ = ("_crc",)
+
+    def __init__(self):
+        self._crc = 0
+
+    def update(self, data) -> None:
+        self._crc = zlib.crc32(data, self._crc)
+
+    def b64(self) -> str:
+        return base64.b64encode(struct.pack(">I", self._crc)).decode()
+
+
 class _Crc32c:
-    """CRC32C (Castagnoli), streaming, pure Python table-driven: used only for GCS objects
-    that carry no MD5 (composite objects). google-crc32c is faster when installed."""
+    """CRC32C (Castagnoli), streaming: google-crc32c when installed, else pure Python
+    table-driven. The pure-Python path is only for GCS composite objects, which carry no MD5;
+    CRC32C is preferred over MD5 only where ``fast_crc32c()`` holds."""
 
     _table: list[int] | None = None
 

@@ -17,6 +17,7 @@ from support.models import MiB, assert_tree_equal, blob, nested_tree
 
 from storage import download, verify
 from storage.errors import AccessDeniedError, IntegrityError, NotFoundError
+from storage.hashing import fast_crc32c
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +94,42 @@ def test_gs_reset_mid_file_resumes_by_range(gcs, gbucket, fault_proxy, tmp_path)
     assert any((r.range_start or 0) >= MiB for r in gets[1:]), [r.range for r in gets]
 
 
-def test_gs_corrupted_bytes_fail_the_md5_check(gcs, gbucket, fault_proxy, tmp_path):
+def test_gs_corrupted_bytes_fail_the_crc32c_check(gcs, gbucket, fault_proxy, tmp_path):
+    # The listing gives md5Hash and crc32c: with CRC32C in C (11x faster than MD5) that is checked.
     gcs.upload_tree(gbucket, "m", {"w.bin": blob(200_000, "w")})
     proxy = fault_proxy(gcs.endpoint)
     proxy.add(Fault.corrupt(at=1000, method="GET", path=r"w\.bin$", count=10))
-    with pytest.raises(IntegrityError, match="md5"):
+    algorithm = "crc32c" if fast_crc32c() else "md5"
+    with pytest.raises(IntegrityError, match=rf"w\.bin failed its {algorithm} check"):
         download(f"gs://{gbucket}/m", tmp_path / "dest", env=gcs_env(proxy.url))
     assert not (tmp_path / "dest").exists()
+
+
+def test_gs_corrupted_bytes_fail_the_md5_check_without_fast_crc32c(gcs, gbucket, fault_proxy, tmp_path, monkeypatch):
+    import storage.hashing
+
+    monkeypatch.setattr(storage.hashing, "fast_crc32c", lambda: False)
+    gcs.upload_tree(gbucket, "m", {"w.bin": blob(3 * MiB, "w")})  # ranged parts too: part_size below
+    proxy = fault_proxy(gcs.endpoint)
+    proxy.add(Fault.corrupt(at=1000, method="GET", path=r"w\.bin$", count=10))
+    with pytest.raises(IntegrityError, match=r"w\.bin failed its md5 check"):
+        download(f"gs://{gbucket}/m", tmp_path / "dest", part_size=MiB, env=gcs_env(proxy.url))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_gs_file_in_ranged_parts_is_checked_by_crc32c(gcs, gbucket, fault_proxy, tmp_path):
+    if not fast_crc32c():
+        pytest.skip("google-crc32c's C extension is not installed")
+    data = blob(3 * MiB + 7, "parts")
+    gcs.upload_tree(gbucket, "m", {"w.bin": data})
+    dest = tmp_path / "ok"
+    manifest = download(f"gs://{gbucket}/m", dest, part_size=MiB, env=gcs_env(gcs.endpoint))
+    assert (dest / "w.bin").read_bytes() == data
+    assert set(manifest.by_path()["w.bin"].source) >= {"md5"}, "the file is still known by its MD5"
+    proxy = fault_proxy(gcs.endpoint)
+    proxy.add(Fault.corrupt(at=5, method="GET", path=r"w\.bin$", count=10, skip=2))
+    with pytest.raises(IntegrityError, match=r"w\.bin failed its crc32c check"):
+        download(f"gs://{gbucket}/m", tmp_path / "bad", part_size=MiB, env=gcs_env(proxy.url))
 
 
 class _RefusingTokenServer:

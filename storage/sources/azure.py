@@ -255,7 +255,8 @@ class AzureSource(Source):
         return RemoteFile(path=safe_relpath(rel, self.uri), key=blob.name, size=int(blob.size or 0),
                           etag=blob.etag, checksums=checksums)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         if file.size == 0 or (end is not None and end <= start):
             return
         try:

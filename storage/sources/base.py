@@ -9,8 +9,14 @@ Contract:
   ``scheme://bucket/model`` lists the objects under ``model/`` (never ``model-v2/...``), relative
   to it; an exact object key lists that object as its basename. Directory markers are dropped;
   zero-byte objects are kept.
-- ``read(file, start, end)`` yields the bytes ``[start, end)`` of ``file`` in order, in chunks of
-  at most a few MiB, and never buffers a whole file. ``end=None`` means "to the end".
+- ``read(file, start, end, meta=None)`` yields the bytes ``[start, end)`` of ``file`` in order, in
+  chunks of at most a few MiB, and never buffers a whole file. ``end=None`` means "to the end".
+  When the caller passes a dict as ``meta`` and the response carries a checksum of the *whole
+  object* (S3's ``x-amz-checksum-crc32`` on an unranged GET), the source stores it, before the
+  first chunk is yielded, as ``meta["checksums"] = {algorithm: value}`` in ``RemoteFile.checksums``'
+  conventions; the engine may then verify that instead of a slower listed checksum. Sources that
+  learn nothing from a response leave ``meta`` alone; a checksum of part of an object, or one that
+  is not a plain digest of the bytes (S3's composite "...-N"), is never reported.
 - Failures are raised as ``storage.errors`` types: permanent ones (NotFound, AccessDenied,
   BadURI) fail the download at once; ``TransientError`` (5xx, 429, reset, timeout, truncation) is
   retried by the engine from the byte it stopped at. A message names the URI, never a secret.
@@ -36,9 +42,14 @@ class RemoteFile:
 
     ``path`` is the POSIX path relative to DEST. ``key`` is whatever the source needs to read it
     (an object key, a URL). ``size`` is None only when the source cannot know it in advance.
-    ``checksums`` maps an algorithm (``md5``, ``sha256``, ``crc32c``, ``sha256-digest``) to the
-    value the source promises, lowercase hex (``crc32c``: base64 as the stores send it).
+    ``checksums`` maps an algorithm (``md5``, ``sha1``, ``sha256``, ``crc32``, ``crc32c``,
+    ``sha256-digest``) to the value the source promises, lowercase hex (``crc32``/``crc32c``: base64
+    of the big-endian value, as the stores send it).
     ``etag`` / ``version`` identify the remote content: equal etag+size means unchanged.
+    ``alt_checksums`` holds more checksums of the same content in the same form (GCS lists a
+    CRC32C beside the MD5): the engine verifies one of them instead of ``checksums`` when that is
+    cheaper to compute. They are not part of ``identity()``, so offering one more never makes a
+    downloaded copy look stale.
     """
 
     path: str
@@ -53,6 +64,7 @@ class RemoteFile:
     #: listing order, later ones overriding earlier ones (image layer semantics).
     unpack: str | None = None
     unpack_prefix: str = ""
+    alt_checksums: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def identity(self) -> dict:
         """What must be equal for a local copy to count as this remote file."""
@@ -83,8 +95,10 @@ class Source(ABC):
         """Every file under the URI; raises NotFoundError when it names nothing."""
 
     @abstractmethod
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """Yield ``file``'s bytes from ``start`` to ``end`` (exclusive) in order."""
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
+        """Yield ``file``'s bytes from ``start`` to ``end`` (exclusive) in order; report whole-object
+        checksums the response carries into ``meta`` (see the module docstring)."""
 
     def close(self) -> None:  # noqa: B027 - most sources hold nothing to release
         """Release connections. Called once, after the download."""

@@ -15,7 +15,9 @@ login); when it finds nothing, the bucket is read anonymously, as KServe does.
 
 Listing is the JSON API ``objects.list`` with ``prefix=<key>/`` so that ``gs://b/model`` never
 lists ``model-v2/...``; an exact object name lists that object. Each object's ``md5Hash`` (or, for
-composite objects, ``crc32c``) becomes the checksum the engine verifies. Reads are ranged
+composite objects, which have none, ``crc32c``) is the checksum the file is known by; its
+``crc32c`` is what the engine verifies when google-crc32c's C extension is installed (5 GB/s
+against MD5's 0.46 on the benchmark machine), the MD5 otherwise. Reads are ranged
 ``alt=media`` GETs pinned to the listed ``generation``, so an object replaced mid-download fails
 (404 on the old generation) instead of splicing two versions.
 
@@ -268,17 +270,21 @@ class GCSSource(Source):
         return self._entry(basename(self.key), obj)
 
     def _entry(self, rel: str, obj: dict) -> RemoteFile:
-        checksums = {}
+        checksums, alt = {}, {}
         md5 = normalize_md5(obj.get("md5Hash") or "")
+        crc32c = obj.get("crc32c")
         if md5:
             checksums["md5"] = md5
-        elif obj.get("crc32c"):
-            checksums["crc32c"] = obj["crc32c"]
+            if crc32c:
+                alt["crc32c"] = crc32c  # verified instead of the MD5 when CRC32C runs in C
+        elif crc32c:
+            checksums["crc32c"] = crc32c
         return RemoteFile(path=safe_relpath(rel, self.uri), key=obj["name"], size=int(obj.get("size", 0)),
                           etag=obj.get("etag"), version=str(obj["generation"]) if obj.get("generation") else None,
-                          checksums=checksums)
+                          checksums=checksums, alt_checksums=alt)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         if file.size == 0 or (end is not None and end <= start):
             return
         params = {"alt": "media"}

@@ -172,7 +172,8 @@ class HFSource(Source):
             size = int(lfs.get("size", size))
         return RemoteFile(path=safe_relpath(rel, self.uri), key=path, size=size, etag=etag, checksums=checksums)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         if file.size == 0 or (end is not None and end <= start):
             return
         url = f"{self.endpoint}/{self.repo}/resolve/{self.sha or quote(self.revision, safe='')}/{quote(file.key, safe='/')}"

@@ -137,7 +137,8 @@ class HTTPSource(Source):
             return {"If-Unmodified-Since": tag}  # no ETag: the listing kept Last-Modified
         return {}
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         headers = self._unchanged_since_listing(file)
         if self.supports_ranges and (start > 0 or end is not None):
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"

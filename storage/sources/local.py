@@ -71,7 +71,8 @@ class LocalSource(Source):
         # link(2) does not follow symlinks: link the file a symlink (an HF cache snapshot) points to.
         return os.path.realpath(file.key)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         try:
             fh = open(file.key, "rb")
         except FileNotFoundError:

@@ -70,7 +70,8 @@ class OciSource(Source):
             ))
         return Listing(files=files, revision=digest)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         yield from self.client().read_blob(self.ref.repository, file.key, start, end)
 
     def close(self) -> None:
