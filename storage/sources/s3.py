@@ -7,8 +7,14 @@ Without keys, botocore's default chain applies (IRSA web identity, instance prof
 
 Listing uses ListObjectsV2 so that ``s3://b/model`` lists ``model/...`` and never
 ``model-v2/...``; directory markers (keys ending in "/") are dropped, zero-byte objects kept.
-Reads are ranged GETs with ``If-Match`` on the listed ETag, so an object replaced mid-download
-fails loudly instead of splicing two versions.
+Reads are GETs with ``If-Match`` on the listed ETag, so an object replaced mid-download fails
+loudly instead of splicing two versions. A read of a whole object sends no ``Range`` and asks for
+its checksum (``x-amz-checksum-mode: ENABLED``); S3 then answers with the full-object CRC32 /
+CRC32C / SHA-1 / SHA-256 / CRC64NVME stored with it (boto3 >= 1.36 stores a CRC32 by default), and
+``read`` reports it through ``meta`` so the engine can verify that rather than the ETag's MD5 —
+zlib's CRC32 is ~6x cheaper than MD5. Ranged GETs carry no checksum (S3 sends none for a range).
+botocore's own response validation is off (``response_checksum_validation="when_required"``): it
+would hash every body a second time, and the engine verifies anyway.
 
 Why botocore's synchronous client and not s3fs: s3fs (over aiobotocore) funnels every byte of
 every connection through one asyncio thread and hands each chunk across threads; the benchmark
@@ -31,12 +37,41 @@ from storage.errors import (
     StorageError,
     TransientError,
 )
-from storage.hashing import s3_etag_md5
+from storage.hashing import b64_digest_to_hex, s3_etag_md5
 from storage.sources.base import CHUNK, Listing, RemoteFile, Source, relative_under, safe_relpath
 
 _TRUE = ("1", "true", "yes", "on")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "401", "AllAccessDisabled",
            "ExpiredToken", "InvalidToken", "AccountProblem"}
+
+
+def _ask_for_checksum(request, **_) -> None:
+    """before-sign hook on GetObject: a GET without Range reads a whole object; ask S3 for its
+    stored checksum. Added before signing so SigV4 covers the header."""
+    if "Range" not in request.headers:
+        request.headers["x-amz-checksum-mode"] = "ENABLED"
+
+
+def response_checksums(headers: dict) -> dict[str, str]:
+    """Full-object checksums in a GetObject response's (lower-cased) headers, as
+    ``RemoteFile.checksums`` holds them. Composite checksums (multipart uploads: "...-N", or
+    ``x-amz-checksum-type: COMPOSITE``) are a checksum of part checksums, not of the bytes: dropped."""
+    if headers.get("x-amz-checksum-type", "").upper() == "COMPOSITE":
+        return {}
+    found = {}
+    for name, value in headers.items():
+        if not name.startswith("x-amz-checksum-") or name in ("x-amz-checksum-type", "x-amz-checksum-mode"):
+            continue
+        value = value.strip()
+        if not value or "-" in value:
+            continue
+        algorithm = name[len("x-amz-checksum-"):]
+        if algorithm in ("sha1", "sha256"):
+            value = b64_digest_to_hex(value)
+            if value is None:
+                continue
+        found[algorithm] = value
+    return found
 
 
 def _error_code(exc: BaseException) -> tuple[str, int | None]:
@@ -93,6 +128,11 @@ class S3Source(Source):
             connect_timeout=s.connect_timeout,
             read_timeout=s.stall_timeout,
             retries={"total_max_attempts": 1},  # the engine retries, resuming by range
+            # We ask for response checksums ourselves (_ask_for_checksum) and the engine checks
+            # them; botocore's "when_supported" would set ChecksumMode on every GetObject and hash
+            # each whole-object body a second time. We upload nothing, so the request side is moot.
+            response_checksum_validation="when_required",
+            request_checksum_calculation="when_required",
             max_pool_connections=s.concurrency + 4,
             signature_version=UNSIGNED if anon else None,
             s3={"addressing_style": "virtual"} if env.get("S3_USER_VIRTUAL_BUCKET", "").strip().lower() in _TRUE
@@ -102,7 +142,7 @@ class S3Source(Source):
         region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None
         if region is None and self.endpoint_url():
             region = "us-east-1"  # S3-compatible servers: any region signs; botocore insists on one
-        return session.create_client(
+        client = session.create_client(
             "s3",
             region_name=region,
             endpoint_url=self.endpoint_url(),
@@ -112,6 +152,8 @@ class S3Source(Source):
             aws_session_token=None if anon else env.get("AWS_SESSION_TOKEN") or None,
             config=config,
         )
+        client.meta.events.register("before-sign.s3.GetObject", _ask_for_checksum)
+        return client
 
     def _map(self, exc: BaseException, what: str) -> StorageError:
         if isinstance(exc, StorageError):
@@ -123,6 +165,8 @@ class S3Source(Source):
         if isinstance(exc, bx.NoCredentialsError):
             return AccessDeniedError(f"{where}: no S3 credentials found; set AWS_ACCESS_KEY_ID and "
                                      "AWS_SECRET_ACCESS_KEY, or awsAnonymousCredential=true for a public bucket")
+        if isinstance(exc, bx.FlexibleChecksumError):  # botocore validation is off; in case it surfaces
+            return IntegrityError(f"{where}: {what} failed the checksum S3 stored with it; run it again")
         if isinstance(exc, bx.ParamValidationError):
             return BadURIError(f"{where}: the bucket or key is not valid for S3")
         if code == "NoSuchBucket":
@@ -177,18 +221,26 @@ class S3Source(Source):
         return RemoteFile(path=safe_relpath(rel, self.uri), key=key, size=int(size), etag=etag,
                           version=version, checksums=checksums)
 
-    def read(self, file: RemoteFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def read(self, file: RemoteFile, start: int = 0, end: int | None = None,
+             meta: dict | None = None) -> Iterator[bytes]:
         if file.size == 0 or (end is not None and end <= start):
             return
-        kwargs = {"Bucket": self.bucket, "Key": file.key,
-                  "Range": f"bytes={start}-{'' if end is None else end - 1}"}
+        whole = start == 0 and end in (None, file.size)
+        kwargs = {"Bucket": self.bucket, "Key": file.key}
+        if not whole:  # without Range, _ask_for_checksum asks for the object's checksum
+            kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if file.etag:
             kwargs["IfMatch"] = file.etag
         if file.version:
             kwargs["VersionId"] = file.version
         body = None
         try:
-            body = self.client.get_object(**kwargs)["Body"]
+            response = self.client.get_object(**kwargs)
+            body = response["Body"]
+            if whole and meta is not None:
+                checksums = response_checksums(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}))
+                if checksums:
+                    meta["checksums"] = checksums
             while chunk := body.read(CHUNK):
                 yield chunk
         except GeneratorExit:
