@@ -1,5 +1,6 @@
-"""Checking and repairing the store: verify (read-only), scrub (re-hash, re-fetch), fsck (structure
-after a crash), collect (gc), and the listing-size estimate used before a download.
+"""Checking and repairing the store: verify (read-only), repair (what verify found), scrub (re-hash,
+re-fetch), fsck (structure after a crash), collect (gc), and the listing-size estimate used before a
+download.
 
 Every repair keeps the store's one invariant: a model under ``models/`` is complete, each of its
 files a hard link to the blob its manifest names. A model that cannot be repaired in place is
@@ -60,6 +61,26 @@ class ScrubReport(_Report):
 
 
 @dataclass
+class RepairReport(_Report):
+    unpublished: dict[str, list[str]] = field(default_factory=dict)  # key -> files dropped (to re-fetch)
+    discarded: list[str] = field(default_factory=list)  # models/<key> with no readable manifest, removed
+    removed_blobs: list[str] = field(default_factory=list)  # corrupt blobs deleted
+    removed_files: list[str] = field(default_factory=list)  # "<key>/<path>" not in its manifest, deleted
+    skipped: list[str] = field(default_factory=list)  # keys being read or written right now: try again
+    found: list[Problem] = field(default_factory=list)  # the problems confirmed under the locks
+    refetched: list[str] = field(default_factory=list)  # keys re-fetched (when asked to)
+    failed: dict[str, str] = field(default_factory=dict)  # key -> why its re-fetch failed
+
+    @property
+    def taken_out(self) -> list[str]:
+        """Keys no longer published because of this repair: what the next ensure must fetch."""
+        return sorted({*self.unpublished, *self.discarded})
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "found": [p.line for p in self.found]}
+
+
+@dataclass
 class FsckReport(_Report):
     problems: list[str] = field(default_factory=list)  # found and not repaired
     repaired: list[str] = field(default_factory=list)
@@ -97,16 +118,46 @@ def collect(store: Store) -> GcReport:
 
 
 # -- verify --------------------------------------------------------------------------------------
+# What verify can find wrong with a published model's file (kind), and which of those mean the file
+# must be fetched again (DAMAGED) rather than removed in place (EXTRA) or the model dropped whole.
+MISSING, SIZE, NO_BLOB, NOT_LINKED, CORRUPT = "missing", "size", "no-blob", "not-linked", "corrupt"
+EXTRA, UNREADABLE = "extra", "unreadable"
+DAMAGED = frozenset({MISSING, SIZE, NO_BLOB, NOT_LINKED, CORRUPT})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a published model; ``line`` is how verify prints it (key first)."""
+
+    key: str
+    kind: str
+    path: str = ""  # the file, relative to the model ("" for the model as a whole)
+    detail: str = ""
+    digest: str = ""  # the manifest's xxh3 of the file
+    inode: tuple[int, int] | None = None  # CORRUPT: (st_dev, st_ino) of the content that failed its hash
+
+    @property
+    def line(self) -> str:
+        return f"{self.key}: {self.path}: {self.detail}" if self.path else f"{self.key}: {self.detail}"
+
+    def __str__(self) -> str:
+        return self.line
+
+
 def published(store: Store) -> list[str]:
     return sorted(p.name for p in store.layout.models.iterdir() if KEY.match(p.name))
 
 
-def model_problems(store: Store, key: str, *, full: bool, hashed: dict[str, str] | None = None) -> list[str]:
+def _corrupt(key: str, path: str, digest: str, inode: tuple[int, int]) -> Problem:
+    return Problem(key, CORRUPT, path, f"content does not match its xxh3 (blob {digest} is corrupt)", digest, inode)
+
+
+def model_problems(store: Store, key: str, *, full: bool, hashed: dict[str, str] | None = None) -> list[Problem]:
     layout = store.layout
     model = layout.model(key)
     manifest = read_manifest(model)
     if manifest is None:
-        return [f"{key}: not published (no readable manifest)"]
+        return [Problem(key, UNREADABLE, detail="not published (no readable manifest)")]
     hashed = {} if hashed is None else hashed
     problems = []
     for e in manifest.files:
@@ -114,38 +165,146 @@ def model_problems(store: Store, key: str, *, full: bool, hashed: dict[str, str]
         try:
             pst = path.lstat()
         except FileNotFoundError:
-            problems.append(f"{key}: {e.path}: missing")
+            problems.append(Problem(key, MISSING, e.path, "missing", e.xxh3_128))
             continue
         if pst.st_size != e.size:
-            problems.append(f"{key}: {e.path}: size {pst.st_size} != {e.size} in the manifest")
+            problems.append(Problem(key, SIZE, e.path, f"size {pst.st_size} != {e.size} in the manifest", e.xxh3_128))
             continue
         try:
             bst = blob.stat()
         except FileNotFoundError:
-            problems.append(f"{key}: {e.path}: its blob {e.xxh3_128} is missing")
+            problems.append(Problem(key, NO_BLOB, e.path, f"its blob {e.xxh3_128} is missing", e.xxh3_128))
             continue
         if not os.path.samestat(pst, bst):
-            problems.append(f"{key}: {e.path}: not a link to its blob {e.xxh3_128}")
+            problems.append(Problem(key, NOT_LINKED, e.path, f"not a link to its blob {e.xxh3_128}", e.xxh3_128))
             continue
         if full:
             if e.xxh3_128 not in hashed:
                 hashed[e.xxh3_128] = xxh3_file(blob)
             if hashed[e.xxh3_128] != e.xxh3_128:
-                problems.append(f"{key}: {e.path}: content does not match its xxh3 (blob {e.xxh3_128} is corrupt)")
+                problems.append(_corrupt(key, e.path, e.xxh3_128, (bst.st_dev, bst.st_ino)))
     listed = {e.path for e in manifest.files}
     for p in sorted(model.rglob("*")):
         rel = p.relative_to(model).as_posix()
         if rel == META_DIR or rel.startswith(META_DIR + "/") or p.is_dir() or p.is_symlink():
             continue
         if rel not in listed:
-            problems.append(f"{key}: {rel}: not in the manifest")
+            problems.append(Problem(key, EXTRA, rel, "not in the manifest"))
     return problems
 
 
-def verify(store: Store, key: str | None, *, full: bool) -> list[str]:
+def problems(store: Store, key: str | None, *, full: bool) -> list[Problem]:
     hashed: dict[str, str] = {}
     keys = [key] if key is not None else published(store)
-    return [line for k in keys for line in model_problems(store, k, full=full, hashed=hashed)]
+    return [p for k in keys for p in model_problems(store, k, full=full, hashed=hashed)]
+
+
+def verify(store: Store, key: str | None, *, full: bool) -> list[str]:
+    return [p.line for p in problems(store, key, full=full)]
+
+
+# -- repair --------------------------------------------------------------------------------------
+def repair(store: Store, found: list[Problem], *, refetch: bool = False, env=None) -> RepairReport:
+    """Make the models ``found`` names whole again, or take them out of ``models/``.
+
+    A damaged file (corrupt, missing, wrong size, not a link to its blob, blob gone) cannot be
+    mended in place: its model is unpublished back to ``ingest/<key>`` without the damaged files, so
+    the next ensure re-fetches only those. A corrupt blob is deleted, and every model linking it is
+    unpublished too, so no re-fetch or later download is linked to it again. A file the manifest
+    does not list is deleted in place; a ``models/<key>`` with no readable manifest is removed.
+
+    ``found`` may be stale (a verify pass takes minutes; the models are not locked meanwhile), so
+    under the locks each model's links and sizes are checked again and a corrupt file is recognised
+    by its inode (only damage in place keeps it): a model repaired or replaced since is left alone.
+    Holds the store lock and only tries key locks (locks.py): a model being read or downloaded
+    right now is left as it is and listed in ``skipped``, to be tried again later.
+
+    With ``refetch`` the models taken out are then fetched again with ``env`` (default: this
+    process's environment), as scrub does; without it the caller (the agent's reconcile loop,
+    which knows each model's credentials, or a later ``ensure``) does it.
+    """
+    layout = store.layout
+    report = RepairReport()
+    corrupt = {p.digest: p.inode for p in found if p.kind == CORRUPT and p.inode}
+    by_key: dict[str, list[Problem]] = {}
+    for p in found:
+        by_key.setdefault(p.key, []).append(p)
+    with FileLock(layout.store_lock), ExitStack() as held:
+        keys = set(by_key)
+        if corrupt:  # under the store lock no commit can link a corrupt blob into one more model
+            refs = references(store)
+            keys |= {k for d in corrupt for k in refs.get(d, ())}
+        for key in sorted(keys):
+            try:
+                held.enter_context(FileLock(layout.key_lock(key), blocking=False))
+            except Busy:
+                report.skipped.append(key)
+                continue
+            _repair_model(store, key, corrupt, by_key.get(key, []), report)
+        for digest, inode in sorted(corrupt.items()):
+            blob = layout.blobs / digest
+            if _inode(blob) == inode:
+                blob.unlink()
+                report.removed_blobs.append(digest)
+    if refetch:
+        report.refetched, report.failed = refetch_models(store, report.taken_out, env=env)
+    return report
+
+
+def _repair_model(store: Store, key: str, corrupt: dict, reported: list[Problem], report: RepairReport) -> None:
+    """Caller holds the store lock and ``key``'s lock."""
+    model = store.layout.model(key)
+    manifest = read_manifest(model)
+    if manifest is None:
+        if model.is_dir():  # publishing is one rename of a tree with its manifest: this is debris
+            store._trash(model)
+            report.discarded.append(key)
+            report.found.append(Problem(key, UNREADABLE, detail="not published (no readable manifest)"))
+        return
+    now = model_problems(store, key, full=False)
+    damaged = {p.path: p for p in now if p.kind in DAMAGED}
+    was = {p.path: p for p in reported if p.kind == CORRUPT}
+    for e in manifest.files:
+        inode = corrupt.get(e.xxh3_128)
+        if inode and e.path not in damaged and _inode(model / e.path) == inode:
+            damaged[e.path] = was.get(e.path) or _corrupt(key, e.path, e.xxh3_128, inode)
+    for p in now:
+        if p.kind == EXTRA:
+            (model / p.path).unlink(missing_ok=True)
+            report.removed_files.append(f"{key}/{p.path}")
+            report.found.append(p)
+    if damaged:
+        unpublish(store, key, bad_paths=set(damaged))
+        report.unpublished[key] = sorted(damaged)
+        report.found.extend(damaged[path] for path in sorted(damaged))
+
+
+def _inode(path) -> tuple[int, int] | None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def refetch_models(store: Store, keys, *, env=None) -> tuple[list[str], dict[str, str]]:
+    """Ensure each key again from the source URI and filters its state record names, with ``env``
+    (default: this process's environment). Returns (re-fetched keys, key -> why it failed)."""
+    env = dict(os.environ if env is None else env)
+    # The record's own filters apply, not the caller's: they are part of what the key names.
+    env = {k: v for k, v in env.items() if k not in ("STORAGE_ALLOW_PATTERNS", "STORAGE_IGNORE_PATTERNS")}
+    done, failed = [], {}
+    for key in keys:
+        entry = store.states.get(key)
+        if entry is None:
+            failed[key] = "no state record names its source URI"
+            continue
+        try:
+            store._ensure(key, entry.uri, env=env, include=entry.include, exclude=entry.exclude)
+            done.append(key)
+        except StorageError as exc:
+            failed[key] = str(exc)
+    return done, failed
 
 
 # -- scrub ---------------------------------------------------------------------------------------
@@ -186,18 +345,7 @@ def scrub(store: Store, *, env=None) -> ScrubReport:
                 unpublish(store, key, bad)
             for d in bad:
                 (layout.blobs / d).unlink(missing_ok=True)
-    env = dict(os.environ if env is None else env)
-    env = {k: v for k, v in env.items() if k not in ("STORAGE_ALLOW_PATTERNS", "STORAGE_IGNORE_PATTERNS")}
-    for key in affected:
-        entry = store.states.get(key)
-        if entry is None:
-            report.failed[key] = "no state record names its source URI"
-            continue
-        try:
-            store._ensure(key, entry.uri, env=env, include=entry.include, exclude=entry.exclude)
-            report.refetched.append(key)
-        except StorageError as exc:
-            report.failed[key] = str(exc)
+    report.refetched, report.failed = refetch_models(store, affected, env=env)
     return report
 
 

@@ -325,7 +325,18 @@ class Store:
     # -- checks ----------------------------------------------------------------------------------
     def verify(self, key: str | None = None, *, full: bool = True) -> list[str]:
         """Problems with published models (one, or all): each line starts with the key."""
-        return maintenance.verify(self, None if key is None else self.resolve(key), full=full)
+        return [p.line for p in self.problems(key, full=full)]
+
+    def problems(self, key: str | None = None, *, full: bool = True) -> list[maintenance.Problem]:
+        """What ``verify`` prints, as records ``repair`` acts on."""
+        return maintenance.problems(self, None if key is None else self.resolve(key), full=full)
+
+    def repair(self, problems: list[maintenance.Problem], *, refetch: bool = False,
+               env=None) -> maintenance.RepairReport:
+        """Unpublish the models ``problems`` (from ``problems()``) found damaged, without their
+        damaged files, so the next ensure re-fetches only those; skip models in use. With
+        ``refetch``, ensure them again at once with ``env`` (default: this process's)."""
+        return maintenance.repair(self, problems, refetch=refetch, env=env)
 
     def scrub(self, *, env=None) -> maintenance.ScrubReport:
         """Re-hash every blob; a corrupted one is removed and its models re-fetched from source."""

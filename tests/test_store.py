@@ -370,3 +370,77 @@ def test_fsck_unpublishes_a_model_missing_a_file_and_ensure_refetches_only_that(
     store.ensure(src)
     assert read_tree(store.root / "models" / key) == files and store.verify() == []
     assert (store.root / "models" / key / "keep.bin").stat().st_ino == kept_inode, "the intact file was reused"
+
+
+def test_repair_unpublishes_a_corrupt_file_and_ensure_refetches_only_that(tmp_path):
+    files = {"keep.bin": blob(80_000, "keep"), "bad.bin": blob(90_000, "bad")}
+    src = model(tmp_path, "m", files)
+    store = Store(tmp_path / "store")
+    key = store.ensure(src).key
+    kept_inode = (store.root / "models" / key / "keep.bin").stat().st_ino
+    bad = blob_path(store, files["bad.bin"])
+    flip_byte(bad)
+    assert store.problems(full=False) == []
+    (problem,) = store.problems()
+    assert (problem.key, problem.kind, problem.path) == (key, "corrupt", "bad.bin")
+    report = store.repair([problem])
+    assert report.unpublished == {key: ["bad.bin"]} and report.removed_blobs == [bad.name]
+    assert report.skipped == [] and [p.line for p in report.found] == [problem.line]
+    assert not bad.exists() and not (store.root / "models" / key).exists()
+    assert store.list()[0].state == "partial"
+    store.ensure(src)
+    assert read_tree(store.root / "models" / key) == files and store.verify() == []
+    assert (store.root / "models" / key / "keep.bin").stat().st_ino == kept_inode, "the intact file was reused"
+    assert bad.read_bytes() == files["bad.bin"]
+
+
+def test_repair_skips_a_model_being_read_and_takes_it_on_a_later_try(tmp_path):
+    from cacheagent.locks import FileLock
+
+    rev1 = model(tmp_path, "rev1", {"model.bin": SHARED, "config.json": b"rev 1"})
+    rev2 = model(tmp_path, "rev2", {"model.bin": SHARED, "config.json": b"rev 2"})
+    store = Store(tmp_path / "store")
+    k1, k2 = store.ensure(rev1).key, store.ensure(rev2).key
+    flip_byte(blob_path(store, SHARED))
+    found = store.problems()
+    assert sorted(p.key for p in found) == sorted([k1, k2])
+    with FileLock(store.layout.key_lock(k2), shared=True):  # what materialize holds while linking
+        report = store.repair(found)
+    assert report.skipped == [k2] and list(report.unpublished) == [k1]
+    assert report.removed_blobs == [blob_path(store, SHARED).name], "no re-fetch may link to it again"
+    assert (store.root / "models" / k2 / "model.bin").exists(), "a model in use is left as it is"
+    report = store.repair(found)  # the same (now stale) list: k2's file is still the corrupt inode
+    assert report.skipped == [] and list(report.unpublished) == [k2] and report.removed_blobs == []
+    assert store.repair(found).taken_out == [], "nothing left to do"
+    store.ensure(rev1)
+    store.ensure(rev2)
+    assert store.verify() == []
+    assert blob_path(store, SHARED).stat().st_nlink == 3, "stored once again after the repair"
+
+
+def test_repair_leaves_a_model_mended_since_the_verify_alone(tmp_path):
+    files = {"w.bin": blob(60_000, "w"), "config.json": b"{}"}
+    src = model(tmp_path, "m", files)
+    store = Store(tmp_path / "store")
+    key = store.ensure(src).key
+    flip_byte(blob_path(store, files["w.bin"]))
+    stale = store.problems()
+    assert store.scrub().refetched == [key]  # someone else repaired it meanwhile
+    report = store.repair(stale)
+    assert report.taken_out == [] and report.removed_blobs == [] and report.found == []
+    assert read_tree(store.root / "models" / key) == files and store.verify() == []
+
+
+def test_repair_refetches_a_missing_file_and_removes_one_not_in_the_manifest(tmp_path):
+    files = {"a.bin": blob(40_000, "a"), "b.bin": blob(40_000, "b")}
+    src = model(tmp_path, "m", files)
+    store = Store(tmp_path / "store")
+    key = store.ensure(src).key
+    (store.root / "models" / key / "b.bin").unlink()
+    (store.root / "models" / key / "stray.txt").write_text("x")
+    found = store.problems(full=False)
+    assert sorted((p.kind, p.path) for p in found) == [("extra", "stray.txt"), ("missing", "b.bin")]
+    report = store.repair(found, refetch=True)
+    assert report.unpublished == {key: ["b.bin"]} and report.removed_files == [f"{key}/stray.txt"]
+    assert report.refetched == [key] and report.failed == {}
+    assert read_tree(store.root / "models" / key) == files and store.verify() == []
