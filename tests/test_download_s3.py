@@ -229,3 +229,13 @@ def test_exact_key_of_a_zero_byte_object(s3_client, bucket, s3_env, tmp_path):
     download(f"s3://{bucket}/m/empty.bin", dest, env=s3_env)
     assert_tree_equal(dest, {"empty.bin": b""})
     assert verify(dest) == []
+
+
+@pytest.mark.parametrize("value", ["Tue, 24 Nov 2026 02:40:01 GMT", "2026-11-24T02:40:01.000Z",
+                                   "2026-11-24T02:40:01+02:00", "2026-11-24T02:40:01", 1700000000, "1700000000"])
+def test_fast_timestamp_parser_agrees_with_botocores(value):
+    from botocore.utils import parse_timestamp
+
+    from storage.sources.s3 import _parse_timestamp
+
+    assert _parse_timestamp(value) == parse_timestamp(value)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from posixpath import basename
 
 from storage.errors import (
@@ -43,6 +45,21 @@ from storage.sources.base import CHUNK, Listing, RemoteFile, Source, relative_un
 _TRUE = ("1", "true", "yes", "on")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "401", "AllAccessDisabled",
            "ExpiredToken", "InvalidToken", "AccountProblem"}
+
+
+def _parse_timestamp(value):
+    """A timestamp from an S3 response as a datetime, equal to what botocore's default parser
+    gives: RFC 7231 dates (headers) and ISO 8601 (XML) directly, anything else through it."""
+    try:
+        if isinstance(value, str) and value.endswith("GMT"):
+            return parsedate_to_datetime(value)
+        if isinstance(value, str) and "T" in value:
+            return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        pass
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
 
 
 def _ask_for_checksum(request, **_) -> None:
@@ -139,6 +156,10 @@ class S3Source(Source):
             else None,
         )
         session = botocore.session.get_session()
+        # botocore parses every timestamp (LastModified on each GetObject and listed object) with
+        # dateutil's generic parser: ~0.2 ms each, 9 % of the ~3.4 ms of CPU a GetObject costs.
+        # The two forms S3 sends parse in ~10 us with the standard library. This session is ours.
+        session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
         region = env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None
         if region is None and self.endpoint_url():
             region = "us-east-1"  # S3-compatible servers: any region signs; botocore insists on one
