@@ -134,7 +134,7 @@ class Problem:
     path: str = ""  # the file, relative to the model ("" for the model as a whole)
     detail: str = ""
     digest: str = ""  # the manifest's xxh3 of the file
-    inode: tuple[int, int] | None = None  # CORRUPT: (st_dev, st_ino) of the content that failed its hash
+    file_id: tuple[int, int, int] | None = None  # CORRUPT: the file that failed its hash (see _file_id)
 
     @property
     def line(self) -> str:
@@ -148,8 +148,8 @@ def published(store: Store) -> list[str]:
     return sorted(p.name for p in store.layout.models.iterdir() if KEY.match(p.name))
 
 
-def _corrupt(key: str, path: str, digest: str, inode: tuple[int, int]) -> Problem:
-    return Problem(key, CORRUPT, path, f"content does not match its xxh3 (blob {digest} is corrupt)", digest, inode)
+def _corrupt(key: str, path: str, digest: str, file_id: tuple[int, int, int]) -> Problem:
+    return Problem(key, CORRUPT, path, f"content does not match its xxh3 (blob {digest} is corrupt)", digest, file_id)
 
 
 def model_problems(store: Store, key: str, *, full: bool, hashed: dict[str, str] | None = None) -> list[Problem]:
@@ -182,7 +182,7 @@ def model_problems(store: Store, key: str, *, full: bool, hashed: dict[str, str]
             if e.xxh3_128 not in hashed:
                 hashed[e.xxh3_128] = xxh3_file(blob)
             if hashed[e.xxh3_128] != e.xxh3_128:
-                problems.append(_corrupt(key, e.path, e.xxh3_128, (bst.st_dev, bst.st_ino)))
+                problems.append(_corrupt(key, e.path, e.xxh3_128, _file_id(bst)))
     listed = {e.path for e in manifest.files}
     for p in sorted(model.rglob("*")):
         rel = p.relative_to(model).as_posix()
@@ -215,7 +215,7 @@ def repair(store: Store, found: list[Problem], *, refetch: bool = False, env=Non
 
     ``found`` may be stale (a verify pass takes minutes; the models are not locked meanwhile), so
     under the locks each model's links and sizes are checked again and a corrupt file is recognised
-    by its inode (only damage in place keeps it): a model repaired or replaced since is left alone.
+    by its identity (``_file_id``): a model repaired or replaced since is left alone.
     Holds the store lock and only tries key locks (locks.py): a model being read or downloaded
     right now is left as it is and listed in ``skipped``, to be tried again later.
 
@@ -225,7 +225,7 @@ def repair(store: Store, found: list[Problem], *, refetch: bool = False, env=Non
     """
     layout = store.layout
     report = RepairReport()
-    corrupt = {p.digest: p.inode for p in found if p.kind == CORRUPT and p.inode}
+    corrupt = {p.digest: p.file_id for p in found if p.kind == CORRUPT and p.file_id}
     by_key: dict[str, list[Problem]] = {}
     for p in found:
         by_key.setdefault(p.key, []).append(p)
@@ -241,9 +241,9 @@ def repair(store: Store, found: list[Problem], *, refetch: bool = False, env=Non
                 report.skipped.append(key)
                 continue
             _repair_model(store, key, corrupt, by_key.get(key, []), report)
-        for digest, inode in sorted(corrupt.items()):
+        for digest, file_id in sorted(corrupt.items()):
             blob = layout.blobs / digest
-            if _inode(blob) == inode:
+            if _file_id(blob) == file_id:
                 blob.unlink()
                 report.removed_blobs.append(digest)
     if refetch:
@@ -265,9 +265,9 @@ def _repair_model(store: Store, key: str, corrupt: dict, reported: list[Problem]
     damaged = {p.path: p for p in now if p.kind in DAMAGED}
     was = {p.path: p for p in reported if p.kind == CORRUPT}
     for e in manifest.files:
-        inode = corrupt.get(e.xxh3_128)
-        if inode and e.path not in damaged and _inode(model / e.path) == inode:
-            damaged[e.path] = was.get(e.path) or _corrupt(key, e.path, e.xxh3_128, inode)
+        file_id = corrupt.get(e.xxh3_128)
+        if file_id and e.path not in damaged and _file_id(model / e.path) == file_id:
+            damaged[e.path] = was.get(e.path) or _corrupt(key, e.path, e.xxh3_128, file_id)
     for p in now:
         if p.kind == EXTRA:
             (model / p.path).unlink(missing_ok=True)
@@ -279,12 +279,19 @@ def _repair_model(store: Store, key: str, corrupt: dict, reported: list[Problem]
         report.found.extend(damaged[path] for path in sorted(damaged))
 
 
-def _inode(path) -> tuple[int, int] | None:
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
+def _file_id(path_or_stat) -> tuple[int, int, int] | None:
+    """Which file this is, without reading it: device, inode and mtime. An inode number freed by
+    a deleted blob is soon reused, but by a file written later (the store writes every blob itself
+    and never sets mtimes), so the three together name one content. A write to the file after the
+    hash changes its mtime too: the model then counts as changed, and the next pass looks again."""
+    if isinstance(path_or_stat, os.stat_result):
+        st = path_or_stat
+    else:
+        try:
+            st = path_or_stat.lstat()
+        except FileNotFoundError:
+            return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def refetch_models(store: Store, keys, *, env=None) -> tuple[list[str], dict[str, str]]:

@@ -409,7 +409,7 @@ def test_repair_skips_a_model_being_read_and_takes_it_on_a_later_try(tmp_path):
     assert report.skipped == [k2] and list(report.unpublished) == [k1]
     assert report.removed_blobs == [blob_path(store, SHARED).name], "no re-fetch may link to it again"
     assert (store.root / "models" / k2 / "model.bin").exists(), "a model in use is left as it is"
-    report = store.repair(found)  # the same (now stale) list: k2's file is still the corrupt inode
+    report = store.repair(found)  # the same (now stale) list: k2's file is still the corrupt one
     assert report.skipped == [] and list(report.unpublished) == [k2] and report.removed_blobs == []
     assert store.repair(found).taken_out == [], "nothing left to do"
     store.ensure(rev1)
