@@ -6,7 +6,10 @@ Three loops, each on its own thread, none able to stall another:
   acts (``Reconciler``). Downloads run on a bounded pool and never block it.
 - **report**: writes status (this node's entries, its LocalModelNode, or standalone files);
   a failed write is retried with backoff, so an unreachable API server delays status only.
-- **verify**: re-hashes the store every ``verify_interval`` seconds.
+- **verify**: checks the store (presence and sizes at start, a full re-hash every
+  ``verify_interval`` seconds) and repairs what it finds: a damaged model is unpublished without
+  its damaged files (``Store.repair``) and reconcile, woken, fetches those again with the cache's
+  own credentials. A model in use right now is retried every ``repair_retry`` seconds.
 ``stop`` ends them; the process then exits at once (see agent_cli): the store and engine are
 crash-safe, so nothing half-downloaded is ever published and the next start resumes it.
 """
@@ -21,6 +24,7 @@ from typing import Protocol
 from cacheagent.agent_http import HealthServer
 from cacheagent.agent_status import node_report, now_iso
 from cacheagent.kube import describe
+from cacheagent.maintenance import Problem, RepairReport
 from cacheagent.metrics import Metrics
 from cacheagent.reconcile import CacheState, Reconciler
 from cacheagent.reconcile_select import CacheSpec
@@ -39,13 +43,15 @@ class Source(Protocol):
 class Reporter(Protocol):
     def flush(self, states: dict[str, CacheState], report: dict) -> None: ...
     def failure(self, spec: CacheSpec, reason: str, message: str) -> None: ...
+    def event(self, name: str, reason: str, message: str) -> None: ...
 
 
 class Agent:
     def __init__(self, store, source: Source, reporter: Reporter, *, credentials=None, metrics: Metrics | None = None,
                  listen: str | None = None, capacity_fixed: bool = False, max_downloads: int = 2,
                  resync: float = 30.0, verify_interval: float = 0.0, retry_base: float = 10.0,
-                 stop: threading.Event | None = None, wake: threading.Event | None = None):
+                 repair_retry: float = 5.0, stop: threading.Event | None = None,
+                 wake: threading.Event | None = None):
         self.store = store
         self.source = source
         self.reporter = reporter
@@ -53,6 +59,7 @@ class Agent:
         self.capacity_fixed = capacity_fixed
         self.resync = resync
         self.verify_interval = verify_interval
+        self.repair_retry = repair_retry
         self.stop = stop or threading.Event()
         self.wake = wake or threading.Event()
         self._report_wake = threading.Event()
@@ -60,6 +67,7 @@ class Agent:
             store, credentials=credentials or (lambda spec: {}), on_change=self.wake.set,
             on_failure=reporter.failure, metrics=self.metrics, max_downloads=max_downloads, retry_base=retry_base)
         self.verification: dict | None = None
+        self._deferred: set[str] = set()  # keys whose repair waits for a reader or writer
         self._relists_seen = 0
         self.heartbeat = time.monotonic()
         self.reconciled = threading.Event()
@@ -145,21 +153,81 @@ class Agent:
                 self._report_wake.set()
 
     def _verify_loop(self) -> None:
-        # A quick check (presence and sizes) at start, a full re-hash every interval after.
+        # A quick check (presence and sizes) at start, a full re-hash every interval after. Damaged
+        # models that were in use are retried soon, from the problems already found (no new pass).
         full = False
+        pending: list[Problem] = []
         while not self.stop.is_set():
-            self.verify_once(full=full)
-            full = True
-            if self.stop.wait(self.verify_interval):
+            try:
+                if pending:
+                    pending = self.repair(pending)
+                else:
+                    pending = self.verify_once(full=full)
+                    full = True
+            except Exception as exc:  # noqa: BLE001 - one failed pass must not end verification
+                log.error("verification failed: %s", describe(exc))
+                pending = []
+            if self.stop.wait(min(self.verify_interval, self.repair_retry) if pending else self.verify_interval):
                 return
 
-    def verify_once(self, *, full: bool) -> list[str]:
+    def verify_once(self, *, full: bool) -> list[Problem]:
+        """One pass over the store, repairing what it finds; returns the problems left for a later
+        try (their models were in use)."""
         started = time.monotonic()
-        problems = self.store.verify(full=full)
+        problems = self.store.problems(full=full)
         self.verification = {"time": now_iso(), "full": full, "problems": len(problems),
                              "seconds": round(time.monotonic() - started, 3)}
+        pending = []
         if problems:
-            self.metrics.verification_failures.inc(len({p.split()[0] for p in problems if p.split()}))
-            log.warning("verification found %d problem(s), first: %s", len(problems), problems[0])
+            self.metrics.verification_failures.inc(len({p.key for p in problems}))
+            log.warning("verification found %d problem(s), first: %s", len(problems), problems[0].line)
+            pending = self.repair(problems)
         self._report_wake.set()
-        return problems
+        return pending
+
+    def repair(self, problems: list[Problem]) -> list[Problem]:
+        """Take damaged models out of the store (``Store.repair``) and wake reconcile, which fetches
+        their damaged files again with each cache's own credentials. Returns the problems of models
+        in use right now, to try again."""
+        report = self.store.repair(problems)
+        owners: dict[str, list[str]] = {}
+        for name, st in self.reconciler.states.items():
+            if st.key:
+                owners.setdefault(st.key, []).append(name)
+        found: dict[str, list[Problem]] = {}
+        for p in report.found:
+            found.setdefault(p.key, []).append(p)
+        for key, key_problems in sorted(found.items()):
+            caches = sorted(owners.get(key, []))
+            message = repair_message(key, key_problems, report, wanted=bool(caches))
+            log.warning("%s (%s)", message, "cache " + ", ".join(caches) if caches else "no cache here wants it")
+            for kind in sorted({p.kind for p in key_problems}):
+                self.metrics.repairs.labels(kind).inc()
+            for name in caches:
+                self.reporter.event(name, "VerificationFailed", message)
+        skipped = set(report.skipped)
+        if skipped - self._deferred:
+            log.info("models in use, repaired when they are free (tried every %.0fs): %s",
+                     min(self.verify_interval, self.repair_retry), ", ".join(sorted(skipped - self._deferred)))
+        self._deferred = skipped
+        self.metrics.repairs_deferred.inc(len(skipped))
+        if report.taken_out:
+            self.wake.set()
+        # A corrupt blob's problem is kept while any model is skipped: it may be one linking it.
+        return [p for p in problems if p.key in skipped or (skipped and p.kind == "corrupt")]
+
+
+def repair_message(key: str, problems: list[Problem], report: RepairReport, *, wanted: bool) -> str:
+    """One line for a log and an Event: the model, what was wrong (at most three things), what was done."""
+    what = "; ".join(f"{p.path}: {p.detail}" if p.path else p.detail for p in problems[:3])
+    if len(problems) > 3:
+        what += f"; and {len(problems) - 3} more"
+    refetch = "re-fetching" if wanted else "not re-fetching (no cache here wants it)"
+    if key in report.unpublished:
+        n = len(report.unpublished[key])
+        done = f"unpublished it, {refetch} {n} file{'s' if n != 1 else ''}"
+    elif key in report.discarded:
+        done = f"removed it, {refetch} the whole model"
+    else:
+        done = "removed the files its manifest does not list"
+    return f"model {key}: {what}; {done}"

@@ -39,7 +39,8 @@ def agent(
     max_downloads: int = typer.Option(2, "--max-downloads", min=1, help="models downloading at once"),
     resync: float = typer.Option(30.0, "--resync", min=0.1, help="seconds between full reconciles"),
     verify_interval: float = typer.Option(6 * 3600.0, "--verify-interval", min=0,
-                                          help="seconds between re-hashes of the store (0: never)"),
+                                          help="seconds between re-hashes of the store; damaged models are "
+                                          "fetched again (0: never verify)"),
     retry_base: float = typer.Option(10.0, "--retry-base", min=0.01, help="first retry delay of a failed "
                                      "download, doubling up to 10 minutes"),
     namespace: str = typer.Option(None, "--namespace", envvar="POD_NAMESPACE",

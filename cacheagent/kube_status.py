@@ -141,4 +141,7 @@ class KubeReporter:
         if self._last_event.get(spec.name) == (reason, message):
             return
         self._last_event[spec.name] = (reason, message)
-        self.writer.event(self.source.cache_object(spec.name), spec.name, reason, message)
+        self.event(spec.name, reason, message)
+
+    def event(self, name: str, reason: str, message: str) -> None:
+        self.writer.event(self.source.cache_object(name), name, reason, message)

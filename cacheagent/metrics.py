@@ -24,6 +24,13 @@ class Metrics:
             "modeldepot_agent_store_capacity_bytes", "The node store's capacity (0: unlimited).", registry=r)
         self.verification_failures = Counter(
             "modeldepot_agent_verification_failures", "Models that failed a periodic re-hash.", registry=r)
+        self.repairs = Counter(
+            "modeldepot_agent_repairs", "Models taken out of the store for a re-fetch after verification found "
+            "them damaged, by problem (corrupt, missing, size, no-blob, not-linked, extra, unreadable).",
+            ["problem"], registry=r)
+        self.repairs_deferred = Counter(
+            "modeldepot_agent_repairs_deferred", "Repair attempts put off because the model was being read or "
+            "written (each try counts; retried within seconds).", registry=r)
         self.reconcile_duration = Histogram(
             "modeldepot_agent_reconcile_duration_seconds", "Time for one reconcile pass.", registry=r,
             buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))

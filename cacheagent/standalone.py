@@ -167,3 +167,6 @@ class FileReporter:
 
     def failure(self, spec, reason: str, message: str) -> None:
         pass  # the status file carries the message; standalone has no event stream
+
+    def event(self, name: str, reason: str, message: str) -> None:
+        pass  # no event stream: the agent's log line says it

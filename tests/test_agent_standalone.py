@@ -5,10 +5,14 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+import xxhash
 import yaml
+from conftest import run_cli
 from k8s.fixtures import AgentProcess, wait_for
 from support.faultproxy import Fault
-from support.models import blob, write_tree
+from support.hfserver import HubServer
+from support.models import blob, read_tree, write_tree
 
 from cacheagent.store import key_for
 
@@ -90,7 +94,7 @@ def test_sigterm_stops_promptly_mid_download_and_publishes_nothing(tmp_path, htt
         agent.stop(signal.SIGKILL)
 
 
-def test_periodic_verification_reports_a_corrupted_model(tmp_path):
+def test_periodic_verification_reports_a_corrupted_model_and_repairs_it(tmp_path):
     specs = tmp_path / "specs"
     specs.mkdir()
     src = write_tree(tmp_path / "m", {"w.bin": blob(50_000, seed="v")})
@@ -104,9 +108,12 @@ def test_periodic_verification_reports_a_corrupted_model(tmp_path):
         with open(held, "r+b") as f:  # same size, different bytes: only a re-hash notices
             f.write(b"X" * 100)
         wait_for(lambda: agent.metric("modeldepot_agent_verification_failures_total") >= 1, 20, "a failed re-hash")
-        report = wait_for(lambda: (v := status(specs, "_node").get("lastVerification", {})).get("problems") and v,
-                          10, "the problem in the node status")
+        wait_for(lambda: held.exists() and held.read_bytes() == blob(50_000, seed="v"), 20, "the model repaired")
+        # The pass after the repair is a full one again and finds nothing.
+        report = wait_for(lambda: (v := status(specs, "_node").get("lastVerification", {})).get("problems") == 0
+                          and v["time"] and v, 10, "a clean pass in the node status")
         assert report["full"] is True
+        assert agent.metric("modeldepot_agent_verification_failures_total") == 1
     finally:
         agent.stop()
 
@@ -122,5 +129,102 @@ def test_standalone_keeps_a_cache_that_names_no_node_group_on_this_machine(tmp_p
     try:
         wait_for(lambda: status(specs, "m").get("nodeStatus") == {"here": "NodeDownloaded"}, 30, "m downloaded")
         assert (tmp_path / "store" / "models" / key_for(f"file://{src}") / "w.bin").read_bytes() == blob(20_000, seed="ng")
+    finally:
+        agent.stop()
+
+
+# -- repair: verification finds a damaged model, the agent re-fetches only what is damaged --------
+@pytest.fixture
+def hub():
+    server = HubServer(lfs_threshold=1 << 30)  # every file served by /resolve/, none via the LFS CDN
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def flip_byte(path, offset: int = 1234) -> None:
+    path.chmod(0o644)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0xFF]))
+    path.chmod(0o444)
+
+
+def content_gets(proxy) -> dict[str, int]:
+    """File name -> body bytes the proxy sent for GETs of file content (listings excluded)."""
+    out: dict[str, int] = {}
+    for r in proxy.requests:
+        if r.method == "GET" and "/resolve/" in r.path:
+            name = r.path.rsplit("/", 1)[1]
+            out[name] = out.get(name, 0) + r.bytes_sent
+    return out
+
+
+def start_with_hub(tmp_path, specs, proxy) -> AgentProcess:
+    return AgentProcess(tmp_path / "store", tmp_path / "agent.log", "--specs", str(specs), "--node", "here",
+                        "--verify-interval", "1",
+                        env={"HF_ENDPOINT": proxy.url, "MODELDEPOT_STALL_TIMEOUT": "30"}).start()
+
+
+def test_a_corrupted_blob_is_repaired_by_refetching_only_that_file(tmp_path, hub, fault_proxy):
+    files = {"config.json": b'{"files": 2}' * 1000, "weights.dat": blob(400_000, seed="repair")}
+    hub.commit("org/two", files)
+    proxy = fault_proxy(hub.url)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    uri = "hf://org/two"
+    spec_file(specs, "two", uri)
+    agent = start_with_hub(tmp_path, specs, proxy)
+    store, key = tmp_path / "store", key_for(uri)
+    try:
+        wait_for(lambda: status(specs, "two").get("nodeStatus") == {"here": "NodeDownloaded"}, 30, "downloaded")
+        assert content_gets(proxy) == {"config.json": 12_000, "weights.dat": 400_000}
+        proxy.clear_log()
+        # Hold the re-fetch open for a moment, so the status is seen going back through downloading.
+        proxy.add(Fault.stall(after=1000, seconds=2, path=r"weights\.dat$", method="GET"))
+        flip_byte(store / "blobs" / "xxh3" / xxhash.xxh3_128(files["weights.dat"]).hexdigest())
+
+        wait_for(lambda: status(specs, "two").get("nodeStatus") == {"here": "NodeDownloading"}, 20,
+                 f"the re-fetch (log: {agent.tail()})")
+        wait_for(lambda: status(specs, "two").get("nodeStatus") == {"here": "NodeDownloaded"}, 20, "downloaded again")
+        assert read_tree(store / "models" / key) == files
+        assert content_gets(proxy) == {"weights.dat": 400_000}, "only the corrupt file was fetched again"
+        check = run_cli("modeldepot", "cache", "verify", "--root", str(store))
+        assert check.returncode == 0 and check.stdout.strip() == "OK", check.stdout
+        node = wait_for(lambda: (n := status(specs, "_node")).get("modelStatus") == {"two": "ModelDownloaded"}
+                        and n, 10, "node status")
+        assert [(m["key"], m["state"]) for m in node["models"]] == [(key, "ready")]
+        assert agent.metric("modeldepot_agent_repairs_total", '{problem="corrupt"}') == 1
+        line = next(x for x in agent.tail(100_000).splitlines() if f"model {key}:" in x)
+        assert "weights.dat: content does not match its xxh3" in line and "re-fetching 1 file" in line
+        assert "cache two" in line
+    finally:
+        agent.stop()
+
+
+def test_a_file_deleted_from_a_published_model_is_fetched_again_on_the_next_pass(tmp_path, hub, fault_proxy):
+    files = {"config.json": b"{}", "weights.dat": blob(200_000, seed="deleted")}
+    hub.commit("org/gone", files)
+    proxy = fault_proxy(hub.url)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    uri = "hf://org/gone"
+    spec_file(specs, "gone", uri)
+    agent = start_with_hub(tmp_path, specs, proxy)
+    store, key = tmp_path / "store", key_for(uri)
+    try:
+        wait_for(lambda: status(specs, "gone").get("nodeStatus") == {"here": "NodeDownloaded"}, 30, "downloaded")
+        proxy.clear_log()
+        (store / "models" / key / "config.json").unlink()
+        wait_for(lambda: agent.metric("modeldepot_agent_repairs_total", '{problem="missing"}') == 1, 20,
+                 f"a repair (log: {agent.tail()})")
+        wait_for(lambda: (store / "models" / key / "config.json").exists(), 20, "the file back")
+        assert read_tree(store / "models" / key) == files
+        assert content_gets(proxy) == {"config.json": 2}
+        wait_for(lambda: status(specs, "gone").get("nodeStatus") == {"here": "NodeDownloaded"}, 10, "downloaded")
+        assert run_cli("modeldepot", "cache", "verify", "--root", str(store)).returncode == 0
     finally:
         agent.stop()
