@@ -2,7 +2,7 @@
 
 Each command takes ``--root DIR`` (or MODELDEPOT_CACHE_DIR) and prints a table, or JSON with
 ``--json``. Errors are one line on stderr and exit code 1; ``verify`` and ``fsck`` also exit 1
-when they find problems (fsck: problems it could not repair).
+when they find problems (fsck, and ``verify --repair``: problems they could not repair).
 """
 
 from __future__ import annotations
@@ -96,18 +96,46 @@ def du(root: Path = ROOT, capacity: str = CAPACITY, as_json: bool = JSON) -> Non
 @cache_app.command("verify")
 def verify(key: str = typer.Argument(None, help="one model (key or URI); default: all"),
            root: Path = ROOT, quick: bool = typer.Option(False, "--quick", help="links and sizes only, no re-hash"),
+           repair: bool = typer.Option(False, "--repair", help="take damaged models out of the store and fetch "
+                                       "their damaged files again"),
+           refetch: bool = typer.Option(True, "--refetch/--no-refetch", help="with --repair: fetch at once with "
+                                        "this process's credentials (default), or leave that to the agent"),
            as_json: bool = JSON) -> None:
-    """Re-hash published models against their manifests. Exit 1 listing problems."""
+    """Re-hash published models against their manifests. Exit 1 listing problems (with --repair: if a
+    model is not whole and published again afterwards)."""
     def go():
-        problems = _store(root).verify(key, full=not quick)
+        store = _store(root)
+        problems = store.problems(key, full=not quick)
+        if not repair or not problems:
+            if as_json:
+                typer.echo(json.dumps({"problems": [p.line for p in problems]}, indent=1))
+            else:
+                for p in problems:
+                    typer.echo(p.line)
+                if not problems:
+                    typer.echo("OK")
+            return 1 if problems else 0
+        r = store.repair(problems, refetch=refetch)
+        keys = sorted({p.key for p in problems} | set(r.taken_out))
+        left = sorted(set(r.skipped) | {k for k in keys if store.record(k).state != "ready" or store.verify(k, full=False)})
         if as_json:
-            typer.echo(json.dumps({"problems": problems}, indent=1))
-        else:
-            for line in problems:
-                typer.echo(line)
-            if not problems:
-                typer.echo("OK")
-        return 1 if problems else 0
+            typer.echo(json.dumps({"problems": [p.line for p in problems], "repair": r.to_dict(), "not_repaired": left},
+                                  indent=1))
+            return 1 if left else 0
+        for p in problems:
+            typer.echo(p.line)
+        uris = {k: store.record(k).uri for k in left}
+        _report(r, False, [
+            ("unpublished", [f"{k} ({', '.join(files)})" for k, files in r.unpublished.items()]),
+            ("removed model", r.discarded), ("removed blob", r.removed_blobs), ("removed file", r.removed_files),
+            ("re-fetched", r.refetched), ("failed", [f"{k}: {v}" for k, v in r.failed.items()]),
+            ("skipped (in use, try again)", r.skipped),
+            ("not repaired", [f"{k} {uris[k]}".rstrip() for k in left]),
+            ("result", "repaired" if not left else
+             "NOT REPAIRED" + ("" if refetch else ": the agent fetches unpublished models again, or run "
+                                                  "`modeldepot cache ensure URI`")),
+        ])
+        return 1 if left else 0
     _run(go)
 
 

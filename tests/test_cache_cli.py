@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import run_cli
+from conftest import requested_bytes, run_cli
 from support.models import blob, write_tree
 from typer.testing import CliRunner
 
@@ -119,3 +119,68 @@ def test_mounted_as_modeldepot_cache(store, src):
     proc = run_cli("modeldepot", "cache", "ls", "--json", env={"MODELDEPOT_CACHE_DIR": str(store.root)})
     assert proc.returncode == 0, proc.stderr
     assert [r["key"] for r in json.loads(proc.stdout)] == [key_for(src)]
+
+
+def corrupt_blob_of(store, data: bytes) -> None:
+    import xxhash
+
+    b = store.layout.blobs / xxhash.xxh3_128(data).hexdigest()
+    os.chmod(b, 0o644)
+    with open(b, "r+b") as fh:
+        fh.write(b"x" * 100)
+
+
+def test_verify_repair_refetches_only_the_damaged_file(store, src):
+    key = store.ensure(src).key
+    kept = (store.root / "models" / key / "config.json").stat().st_ino
+    corrupt_blob_of(store, blob(50_000, "w"))
+    r = cache("verify", "--repair", "--root", str(store.root))
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith(f"{key}: w.bin: content does not match its xxh3")
+    assert f"unpublished: {key} (w.bin)" in lines and f"re-fetched: {key}" in lines
+    assert lines[-1] == "result: repaired"
+    assert cache("verify", "--root", str(store.root)).output.strip() == "OK"
+    assert (store.root / "models" / key / "config.json").stat().st_ino == kept, "the intact file was reused"
+
+
+def test_verify_repair_no_refetch_unpublishes_and_exits_1_until_ensured(store, src):
+    key = store.ensure(src).key
+    (store.root / "models" / key / "config.json").unlink()
+    r = cache("verify", "--quick", "--repair", "--no-refetch", "--root", str(store.root), "--json")
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.output)
+    assert doc["problems"] == [f"{key}: config.json: missing"]
+    assert doc["repair"]["unpublished"] == {key: ["config.json"]} and doc["repair"]["refetched"] == []
+    assert doc["not_repaired"] == [key]
+    assert json.loads(cache("ls", "--root", str(store.root), "--json").output)[0]["state"] == "partial"
+    assert cache("ensure", src, "--root", str(store.root)).exit_code == 0
+    assert cache("verify", "--root", str(store.root)).output.strip() == "OK"
+
+
+def test_verify_repair_says_when_the_source_is_gone(store, src):
+    key = store.ensure(src).key
+    corrupt_blob_of(store, blob(50_000, "w"))
+    os.rename(src, src + ".gone")
+    r = cache("verify", "--repair", "--root", str(store.root))
+    assert r.exit_code == 1
+    assert f"failed: {key}: " in r.output and f"not repaired: {key} {src}" in r.output
+    assert r.output.splitlines()[-1] == "result: NOT REPAIRED"
+
+
+def test_verify_repair_refetches_with_the_process_credentials(tmp_path, http_server_factory):
+    token = "Bearer repair-" + os.urandom(4).hex()
+    www = write_tree(tmp_path / "www", {"m.bin": blob(120_000, "http")})
+    server = http_server_factory(www, {"Authorization": token})
+    env = {"127.0.0.1-headers": json.dumps({"Authorization": token}), "MODELDEPOT_CACHE_DIR": str(tmp_path / "st")}
+    uri = server.url("m.bin")
+    assert run_cli("modeldepot", "cache", "ensure", uri, env=env).returncode == 0
+    store = Store(tmp_path / "st")
+    corrupt_blob_of(store, blob(120_000, "http"))
+    server.clear()
+    proc = run_cli("modeldepot", "cache", "verify", "--repair", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"re-fetched: {key_for(uri)}" in proc.stdout and token not in proc.stdout + proc.stderr
+    gets = [r for r in server.requests if r.method == "GET"]
+    assert len(gets) == 1 and requested_bytes(gets, 120_000) == 120_000, "fetched once, with the token"
+    assert store.verify() == []
