@@ -24,13 +24,13 @@ from storage.archive import archive_kind, extract_tar, extract_zip
 from storage.config import Settings
 from storage.errors import BadURIError, IntegrityError, NotFoundError, StorageError, UnsafeArchiveError
 from storage.hashing import checker_value, new_checker, xxh3_file
-from storage.manifest import FileEntry, Manifest, manifest_path, read_manifest, write_manifest
+from storage.manifest import BOOT_ID, FileEntry, Manifest, manifest_path, read_manifest, write_manifest
 from storage.progress import NullProgress, Progress
 from storage.sources import open_source
 from storage.sources.base import RemoteFile, Source, redact_uri
 from storage.staging import Staging, fsync_dir
 from storage.storageconfig import apply_storage_config, uri_with_bucket
-from storage.transfer import BOOT_ID, FileJob, Runner, call_with_retries, resilient_stream
+from storage.transfer import FileJob, Runner, call_with_retries, resilient_stream
 
 log = logging.getLogger("modeldepot")
 

@@ -32,22 +32,12 @@ from pathlib import Path
 from storage.config import Settings
 from storage.errors import IntegrityError, StorageError, TransientError, TransientExhaustedError
 from storage.hashing import cheaper_checksum, checker_value, checksum_matches, new_checker, new_xxh3
+from storage.manifest import BOOT_ID
 from storage.progress import Progress
 from storage.sources.base import RemoteFile, Source
 
 log = logging.getLogger("modeldepot")
 HASH_CHUNK = 1 << 20
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""
-
-
-BOOT_ID = _boot_id()
 
 
 def _sync_file_range():
