@@ -128,6 +128,29 @@ def test_failed_download_is_reported_with_an_event_and_retried(tmp_path, kube, a
     assert status["nodeErrors"] == {}
 
 
+def test_a_corrupted_model_is_repaired_and_a_warning_event_says_so(tmp_path, kube, agents):
+    node, group, name = unique("node"), unique("g"), unique("repair")
+    kube.node(node, {"g": group})
+    kube.group(group, {"storageLimit": "1Gi", "nodeSelector": {"g": group}})
+    uri = model_dir(tmp_path, "repair")
+    kube.cache(name, uri, [group])
+    agent = agents(node, "--verify-interval", "1")
+    kube.wait_node_state(name, node, DOWNLOADED)
+    weights = tmp_path / f"store-{node}" / "models" / key_for(uri) / "weights.bin"
+    weights.chmod(0o644)  # the model's file is its blob: same inode
+    with open(weights, "r+b") as f:
+        f.write(b"X" * 100)
+
+    event = wait_for(lambda: [e for e in events_for(kube, name) if e.reason == "VerificationFailed"], 20,
+                     f"a VerificationFailed event (log: {agent.tail()})")[0]
+    assert event.type == "Warning" and event.message.startswith(f"node {node}: model {key_for(uri)}: ")
+    assert "weights.bin: content does not match its xxh3" in event.message and "re-fetching 1 file" in event.message
+    wait_for(lambda: weights.exists() and weights.read_bytes() == blob(200_000, seed="repair"), 20, "the model repaired")
+    assert kube.wait_node_state(name, node, DOWNLOADED)["copies"] == {"available": 1, "total": 1, "failed": 0}
+    wait_for(lambda: kube.node_status(node).get("modelStatus", {}).get(name) == "ModelDownloaded", 10, "node status")
+    assert agent.metric("modeldepot_agent_repairs_total", '{problem="corrupt"}') == 1
+
+
 def test_credentials_come_from_the_named_secret_and_never_reach_status(tmp_path, kube, agents, http_server_factory):
     token = "Bearer s3cr3t-" + unique("tok")
     www = tmp_path / "www"
