@@ -24,7 +24,7 @@ from typing import Protocol
 from cacheagent.agent_http import HealthServer
 from cacheagent.agent_status import node_report, now_iso
 from cacheagent.kube import describe
-from cacheagent.maintenance import Problem, RepairReport
+from cacheagent.maintenance import CORRUPT, Problem, RepairReport
 from cacheagent.metrics import Metrics
 from cacheagent.reconcile import CacheState, Reconciler
 from cacheagent.reconcile_select import CacheSpec
@@ -154,20 +154,22 @@ class Agent:
 
     def _verify_loop(self) -> None:
         # A quick check (presence and sizes) at start, a full re-hash every interval after. Damaged
-        # models that were in use are retried soon, from the problems already found (no new pass).
-        full = False
-        pending: list[Problem] = []
+        # models that were in use are retried every repair_retry seconds from the problems already
+        # found (no new pass), until they are repaired or the next pass is due.
+        full, pending, due = False, [], 0.0
         while not self.stop.is_set():
             try:
-                if pending:
+                if pending and time.monotonic() < due:
                     pending = self.repair(pending)
                 else:
                     pending = self.verify_once(full=full)
                     full = True
+                    due = time.monotonic() + self.verify_interval
             except Exception as exc:  # noqa: BLE001 - one failed pass must not end verification
                 log.error("verification failed: %s", describe(exc))
-                pending = []
-            if self.stop.wait(min(self.verify_interval, self.repair_retry) if pending else self.verify_interval):
+                pending, due = [], time.monotonic() + self.verify_interval
+            wait = max(0.0, due - time.monotonic())
+            if self.stop.wait(min(wait, self.repair_retry) if pending else wait):
                 return
 
     def verify_once(self, *, full: bool) -> list[Problem]:
@@ -214,7 +216,7 @@ class Agent:
         if report.taken_out:
             self.wake.set()
         # A corrupt blob's problem is kept while any model is skipped: it may be one linking it.
-        return [p for p in problems if p.key in skipped or (skipped and p.kind == "corrupt")]
+        return [p for p in problems if p.key in skipped or (skipped and p.kind == CORRUPT)]
 
 
 def repair_message(key: str, problems: list[Problem], report: RepairReport, *, wanted: bool) -> str:

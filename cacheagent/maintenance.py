@@ -261,13 +261,18 @@ def _repair_model(store: Store, key: str, corrupt: dict, reported: list[Problem]
             report.discarded.append(key)
             report.found.append(Problem(key, UNREADABLE, detail="not published (no readable manifest)"))
         return
-    now = model_problems(store, key, full=False)
-    damaged = {p.path: p for p in now if p.kind in DAMAGED}
+    # A file still the one that failed its hash is corrupt, whatever else is now wrong with it (once
+    # its blob is deleted, a model skipped while in use also reads as "blob missing").
     was = {p.path: p for p in reported if p.kind == CORRUPT}
+    damaged: dict[str, Problem] = {}
     for e in manifest.files:
         file_id = corrupt.get(e.xxh3_128)
-        if file_id and e.path not in damaged and _file_id(model / e.path) == file_id:
+        if file_id and _file_id(model / e.path) == file_id:
             damaged[e.path] = was.get(e.path) or _corrupt(key, e.path, e.xxh3_128, file_id)
+    now = model_problems(store, key, full=False)
+    for p in now:
+        if p.kind in DAMAGED:
+            damaged.setdefault(p.path, p)
     for p in now:
         if p.kind == EXTRA:
             (model / p.path).unlink(missing_ok=True)

@@ -228,3 +228,52 @@ def test_a_file_deleted_from_a_published_model_is_fetched_again_on_the_next_pass
         assert run_cli("modeldepot", "cache", "verify", "--root", str(store)).returncode == 0
     finally:
         agent.stop()
+
+
+class _Recorder:
+    """An in-process Source and Reporter that wants nothing and records Events."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, str]] = []
+
+    def start(self): pass
+    def ready(self): return True
+    def desired(self): return {}, {}
+    def storage_limit(self): return None
+    def flush(self, states, report): pass
+    def failure(self, spec, reason, message): pass
+
+    def event(self, name, reason, message):
+        self.events.append((name, reason, message))
+
+
+def test_the_agent_repairs_a_model_in_use_once_it_is_free(tmp_path):
+    from cacheagent.agent import Agent
+    from cacheagent.locks import FileLock
+    from cacheagent.reconcile import DOWNLOADED, CacheState
+    from cacheagent.store import Store
+
+    data = blob(50_000, seed="busy")
+    uri = f"file://{write_tree(tmp_path / 'm', {'w.bin': data, 'c.json': b'{}'})}"
+    store = Store(tmp_path / "store")
+    key = store.ensure(uri).key
+    io = _Recorder()
+    agent = Agent(store, io, io, verify_interval=3600, repair_retry=0.05)
+    agent.reconciler.states = {"m": CacheState(DOWNLOADED, "", key, uri)}
+    flip_byte(store.layout.blobs / xxhash.xxh3_128(data).hexdigest())
+    sample = agent.metrics.registry.get_sample_value
+    try:
+        with FileLock(store.layout.key_lock(key), shared=True):  # a pod's initializer linking it
+            pending = agent.verify_once(full=True)
+        assert [(p.key, p.path) for p in pending] == [(key, "w.bin")] and io.events == []
+        assert store.record(key).state == "ready" and sample("modeldepot_agent_repairs_deferred_total") == 1
+        agent.wake.clear()
+        assert agent.repair(pending) == []
+        assert store.record(key).state == "partial" and agent.wake.is_set(), "reconcile woken to re-fetch"
+        ((name, reason, message),) = io.events
+        assert (name, reason) == ("m", "VerificationFailed")
+        assert message.startswith(f"model {key}: w.bin: content does not match its xxh3")
+        assert message.endswith("unpublished it, re-fetching 1 file")
+        assert sample("modeldepot_agent_repairs_total", {"problem": "corrupt"}) == 1
+    finally:
+        agent.reconciler.shutdown()
