@@ -129,3 +129,25 @@ def test_response_checksums_keep_full_object_values_only():
     assert response_checksums({"x-amz-checksum-crc32": "AAAAAA==-3"}) == {}
     assert response_checksums({"x-amz-checksum-crc32c": crc, "x-amz-checksum-type": "COMPOSITE"}) == {}
     assert response_checksums({"etag": '"abc"', "content-length": "1"}) == {}
+
+
+def test_crc_checkers_give_the_standard_check_values():
+    # The catalogue's check values of "123456789": CRC-32 (ISO-HDLC, S3's crc32) and CRC-64/NVME.
+    for algorithm, want in (("crc32", "cbf43926"), ("crc64nvme", "ae8b14860a799888")):
+        checker = new_checker(algorithm)
+        checker.update(b"1234")
+        checker.update(b"56789")
+        assert base64.b64decode(checker_value(algorithm, checker)).hex() == want
+
+
+def test_object_stored_with_crc64nvme_is_verified_by_it(s3_client, bucket, s3_proxy, tmp_path):
+    # What S3 stores for objects uploaded without naming a checksum; MD5 is the fallback otherwise.
+    s3_client.put_object(Bucket=bucket, Key="m/w.bin", Body=DATA, ChecksumAlgorithm="CRC64NVME")
+    head = s3_client.head_object(Bucket=bucket, Key="m/w.bin", ChecksumMode="ENABLED")
+    assert head.get("ChecksumCRC64NVME"), "SeaweedFS returned no CRC64NVME"
+    dest = tmp_path / "ok"
+    download(f"s3://{bucket}/m", dest, part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
+    assert (dest / "w.bin").read_bytes() == DATA
+    s3_proxy.add(Fault.corrupt(at=MiB + 5, method="GET", path=r"/m/w\.bin$", count=1000))
+    with pytest.raises(IntegrityError, match=r"w\.bin failed its crc64nvme check"):
+        download(f"s3://{bucket}/m", tmp_path / "bad", part_size=SINGLE_PART, env=s3_env_for(s3_proxy.url))
