@@ -59,9 +59,9 @@ def new_checker(algorithm: str):
     if algorithm == "sha1":
         return hashlib.sha1(usedforsecurity=False)
     if algorithm == "crc32":
-        return _Crc32()
+        return _Crc(_crc32, ">I")
     if algorithm == "crc64nvme" and _crc64nvme is not None:
-        return _Crc64Nvme()
+        return _Crc(_crc64nvme, ">Q")
     if algorithm == "crc32c":
         return _Crc32c()
     return None
@@ -141,34 +141,21 @@ def s3_etag_md5(etag: str | None) -> str | None:
     return normalize_md5(value)
 
 
-class _Crc64Nvme:
-    """CRC64/NVME (S3's x-amz-checksum-crc64nvme), streaming, on awscrt."""
+class _Crc:
+    """A streaming CRC over a ``fn(data, crc) -> crc`` function, shown as base64 of the big-endian
+    value as S3 sends it: CRC32 (zlib's polynomial, on ISA-L when present; x-amz-checksum-crc32)
+    and CRC64/NVME (on awscrt; x-amz-checksum-crc64nvme)."""
 
-    __slots__ = ("_crc",)
+    __slots__ = ("_fn", "_fmt", "_crc")
 
-    def __init__(self):
-        self._crc = 0
-
-    def update(self, data) -> None:
-        self._crc = _crc64nvme(data, self._crc)
-
-    def b64(self) -> str:
-        return base64.b64encode(struct.pack(">Q", self._crc)).decode()
-
-
-class _Crc32:
-    """CRC32 (zlib's polynomial, as S3's x-amz-checksum-crc32), streaming, on ISA-L when present."""
-
-    __slots__ = ("_crc",)
-
-    def __init__(self):
-        self._crc = 0
+    def __init__(self, fn, fmt: str):
+        self._fn, self._fmt, self._crc = fn, fmt, 0
 
     def update(self, data) -> None:
-        self._crc = _crc32(data, self._crc)
+        self._crc = self._fn(data, self._crc)
 
     def b64(self) -> str:
-        return base64.b64encode(struct.pack(">I", self._crc)).decode()
+        return base64.b64encode(struct.pack(self._fmt, self._crc)).decode()
 
 
 class _Crc32c:
